@@ -1,0 +1,1 @@
+"""ROS 2 nodes and message conversion: the only layer of vla_ros that imports rclpy."""
