@@ -1,0 +1,57 @@
+"""Test-session isolation for ROS 2: loopback discovery, a private domain, cleanup.
+
+Imported by pytest before any test module, so the environment below is in place before
+any rclpy context exists in this process or in a subprocess a test starts.
+"""
+import glob
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers (ros_testing.py)
+
+# Discovery never leaves this machine (Jazzy and later ignore ROS_LOCALHOST_ONLY).
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+# Each test session gets its own domain, so parallel sessions (or a running demo) never see
+# each other's topics. Fast DDS ports limit usable domains to 0..232; stay within 120..219.
+os.environ["ROS_DOMAIN_ID"] = os.environ.get("VLA_ROS_TEST_DOMAIN_ID", str(120 + os.getpid() % 100))
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_localhost.xml"))
+os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]
+os.environ.setdefault("VLA_ROS_SHARE", str(ROOT))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+_SHM_GLOBS = ("/dev/shm/fastdds_*", "/dev/shm/sem.fastdds_*", "/dev/shm/fastrtps_*", "/dev/shm/sem.fastrtps_*")
+
+
+def _shm_files():
+    return {f for pattern in _SHM_GLOBS for f in glob.glob(pattern)}
+
+
+def pytest_sessionstart(session):
+    session.config._vla_ros_shm_before = _shm_files()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the Fast DDS shared-memory files this session's processes left behind.
+
+    Only files that appeared during the session are touched; by now every process the
+    tests started has been ended by its fixture and this process has shut rclpy down.
+    """
+    before = getattr(session.config, "_vla_ros_shm_before", set())
+    for f in _shm_files() - before:
+        try:
+            os.unlink(f)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def ros_env():
+    """The environment a node subprocess of this session runs with."""
+    return dict(os.environ)

@@ -1,0 +1,132 @@
+"""Helpers for tests that run real ROS 2 nodes: processes, spinning, waiting on conditions.
+
+Tests wait on conditions (discovery, first message, goal accepted) with generous deadlines,
+never on fixed sleeps.
+"""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+
+ROOT = Path(__file__).resolve().parents[1]
+DEADLINE = float(os.environ.get("VLA_ROS_TEST_DEADLINE", "60"))
+
+
+class RosProcess:
+    """A node (or any command) in its own process, with its output captured to a file."""
+
+    def __init__(self, args, log_path: Path, env=None):
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env=env or dict(os.environ),
+            cwd=str(ROOT), start_new_session=True)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGINT, timeout=15.0) -> int:
+        """End the process we started (by its pid), politely first."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(sig)
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+        self._log.close()
+        return self.proc.returncode
+
+
+def python_script(path, *args: str):
+    """The command line that runs a Python file with this interpreter."""
+    return [sys.executable, str(path), *args]
+
+
+def executable(name: str, *args: str):
+    """The command line of an installed node executable (lib/vla_ros, as ros2 run finds it)."""
+    prefix = Path(sys.prefix)
+    path = prefix / "lib" / "vla_ros" / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not installed: run make setup")
+    return [str(path), *args]
+
+
+@contextmanager
+def ros_process(args, log_path, env=None):
+    p = RosProcess(args, log_path, env)
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+class SpinningNode:
+    """An rclpy node in its own context, spun by a background thread."""
+
+    def __init__(self, name: str):
+        self.context = rclpy.context.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        while self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # context shut down under us
+                if self.context.ok():
+                    raise
+
+    def close(self):
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+        self._thread.join(timeout=5.0)
+
+
+@contextmanager
+def spinning_node(name: str):
+    n = SpinningNode(name)
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+def wait_for(predicate, timeout: float = DEADLINE, what: str = "condition", process: RosProcess = None):
+    """Poll predicate until it is truthy or the deadline passes (then fail with context)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        if process is not None and not process.alive():
+            raise AssertionError(f"process exited ({process.proc.returncode}) while waiting for {what}:\n"
+                                 f"{process.output()[-4000:]}")
+        time.sleep(0.01)
+    extra = f"\nprocess output:\n{process.output()[-4000:]}" if process is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{extra}")
+
+
+def wait_future(future, timeout: float = DEADLINE, what: str = "future"):
+    wait_for(future.done, timeout, what)
+    return future.result()
