@@ -1,0 +1,192 @@
+"""The policy node's parameters: declared once, typed, with descriptions and ranges.
+
+Every parameter is declared from the table below with its type, default, description and
+(for numbers) range, as ros2_controllers' generate_parameter_library does; values are read
+into a frozen `PolicyNodeParams`, and any invalid value raises `ParameterError` with one
+message that names the parameter and the value. Nothing is parsed from strings.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.parameter import Parameter
+
+ACTION_SPACES = ("joint_position", "joint_delta", "ee_delta")
+OUTPUT_MODES = ("follow_joint_trajectory", "joint_trajectory", "forward_position", "twist")
+ROTATIONS = ("axis_angle", "euler", "quaternion")
+TRANSPORTS = ("raw", "compressed")
+ENSEMBLE_MODES = ("ensemble", "latest")
+INF = float("inf")
+
+
+class ParameterError(ValueError):
+    """An invalid parameter value; the message names the parameter."""
+
+
+# name: (type, default, description, extra) where extra may hold range=(lo, hi) or choices=(...)
+SPEC: dict[str, tuple[Parameter.Type, Any, str, dict]] = {
+    # -- model ---------------------------------------------------------------------------
+    "model.checkpoint": (Parameter.Type.STRING, "",
+                         "Directory of a vla_ros checkpoint (model.safetensors + config.json + "
+                         "normalization.json). Empty: build `model.preset` with untrained weights "
+                         "(smoke tests only; the node logs a warning).", {}),
+    "model.preset": (Parameter.Type.STRING, "tiny",
+                     "Model preset from config/models/ used when model.checkpoint is empty.", {}),
+    "model.device": (Parameter.Type.STRING, "auto", "Inference device: auto (CUDA when present), cpu or cuda.",
+                     {"choices": ("auto", "cpu", "cuda")}),
+    "model.dtype": (Parameter.Type.STRING, "float32", "Inference precision; bfloat16/float16 autocast on GPU.",
+                    {"choices": ("float32", "bfloat16", "float16")}),
+    "model.compile": (Parameter.Type.BOOL, False, "torch.compile the model at configure time.", {}),
+    "model.seed": (Parameter.Type.INTEGER, 0, "Seed for sampling decoders (flow matching).", {"range": (0, 2**31 - 1)}),
+    # -- inputs --------------------------------------------------------------------------
+    "cameras.names": (Parameter.Type.STRING_ARRAY, ["front"],
+                      "Camera names in the model's view order; camera N subscribes to "
+                      "<name>/image_raw (or <name>/image_raw/compressed). Remap to the driver's topics.", {}),
+    "cameras.transports": (Parameter.Type.STRING_ARRAY, ["raw"],
+                           "Per camera: raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage).", {}),
+    "cameras.max_age": (Parameter.Type.DOUBLE, 0.5,
+                        "Seconds after which a camera frame is stale and the arm holds.", {"range": (0.01, 60.0)}),
+    "joint_states.timeout": (Parameter.Type.DOUBLE, 0.5,
+                             "Seconds without /joint_states after which the arm holds.", {"range": (0.01, 60.0)}),
+    "instruction.max_length": (Parameter.Type.INTEGER, 512,
+                               "Longest accepted instruction in characters; longer ones are rejected.",
+                               {"range": (1, 100000)}),
+    # -- robot ---------------------------------------------------------------------------
+    "joints.names": (Parameter.Type.STRING_ARRAY, [""], "Arm joint names, in the order of the action vector.", {}),
+    "joints.lower": (Parameter.Type.DOUBLE_ARRAY, [0.0], "Lower position limits (rad or m), one per joint.", {}),
+    "joints.upper": (Parameter.Type.DOUBLE_ARRAY, [0.0], "Upper position limits (rad or m), one per joint.", {}),
+    "joints.max_velocity": (Parameter.Type.DOUBLE_ARRAY, [0.0], "Velocity limits (rad/s or m/s), one per joint.", {}),
+    "joints.max_acceleration": (Parameter.Type.DOUBLE_ARRAY, [0.0],
+                                "Acceleration limits (rad/s^2 or m/s^2), one per joint.", {}),
+    "joints.max_step": (Parameter.Type.DOUBLE, 0.0,
+                        "Largest position change per control tick for any joint; 0 disables this bound.",
+                        {"range": (0.0, 10.0)}),
+    # -- action space and outputs --------------------------------------------------------
+    "action_space": (Parameter.Type.STRING, "joint_position",
+                     "What the model's actions are: joint_position, joint_delta or ee_delta.",
+                     {"choices": ACTION_SPACES}),
+    "output.mode": (Parameter.Type.STRING, "follow_joint_trajectory",
+                    "How commands are sent: follow_joint_trajectory (action), joint_trajectory (topic), "
+                    "forward_position (Float64MultiArray) or twist (TwistStamped, MoveIt Servo).",
+                    {"choices": OUTPUT_MODES}),
+    "output.trajectory_points": (Parameter.Type.INTEGER, 8,
+                                 "Most points per FollowJointTrajectory goal (taken from the action queue).",
+                                 {"range": (1, 1000)}),
+    "ee.frame": (Parameter.Type.STRING, "base_link", "Frame of end-effector actions and twist commands.", {}),
+    "ee.rotation": (Parameter.Type.STRING, "axis_angle", "Rotation part of ee_delta actions.",
+                    {"choices": ROTATIONS}),
+    "ee.max_linear_velocity": (Parameter.Type.DOUBLE, 0.25, "Twist linear speed limit (m/s).", {"range": (0.0, 10.0)}),
+    "ee.max_angular_velocity": (Parameter.Type.DOUBLE, 1.0, "Twist angular speed limit (rad/s).",
+                                {"range": (0.0, 50.0)}),
+    "gripper.enabled": (Parameter.Type.BOOL, False,
+                        "The last action dimension is the gripper, sent through the GripperCommand action.", {}),
+    "gripper.open_position": (Parameter.Type.DOUBLE, 0.04, "GripperCommand position when open (m).", {"range": (-10.0, 10.0)}),
+    "gripper.closed_position": (Parameter.Type.DOUBLE, 0.0, "GripperCommand position when closed (m).", {"range": (-10.0, 10.0)}),
+    "gripper.max_effort": (Parameter.Type.DOUBLE, 20.0, "GripperCommand max_effort (N).", {"range": (0.0, 1000.0)}),
+    "gripper.threshold": (Parameter.Type.DOUBLE, 0.5,
+                          "Gripper actions above this value mean open, below mean closed.", {"range": (-10.0, 10.0)}),
+    # -- control -------------------------------------------------------------------------
+    "control.rate": (Parameter.Type.DOUBLE, 30.0, "Control loop rate (Hz): one action per tick.", {"range": (1.0, 1000.0)}),
+    "control.refill_threshold": (Parameter.Type.INTEGER, 4,
+                                 "Request a new chunk when this many actions or fewer are left.", {"range": (0, 1000)}),
+    "control.ensemble": (Parameter.Type.STRING, "ensemble",
+                         "Blend overlapping chunks (ensemble, ACT temporal ensembling) or use the latest only.",
+                         {"choices": ENSEMBLE_MODES}),
+    "control.ensemble_decay": (Parameter.Type.DOUBLE, 0.01, "m in w_i = exp(-m i) (ACT).", {"range": (0.0, 10.0)}),
+    "control.inference_timeout": (Parameter.Type.DOUBLE, 2.0,
+                                  "Seconds an inference may take before the arm holds.", {"range": (0.01, 600.0)}),
+    "workspace.min": (Parameter.Type.DOUBLE_ARRAY, [-INF, -INF, -INF], "Workspace box lower corner (m) in ee.frame.", {}),
+    "workspace.max": (Parameter.Type.DOUBLE_ARRAY, [INF, INF, INF], "Workspace box upper corner (m) in ee.frame.", {}),
+    # -- behaviour -----------------------------------------------------------------------
+    "dry_run": (Parameter.Type.BOOL, False, "Compute and publish ActionChunk, command nothing.", {}),
+    "autostart": (Parameter.Type.BOOL, False,
+                  "Configure and activate at start-up (without a lifecycle manager).", {}),
+    "default_timeout": (Parameter.Type.DOUBLE, 60.0,
+                        "ExecuteInstruction timeout (s) when a goal gives 0.", {"range": (0.1, 86400.0)}),
+    "status_rate": (Parameter.Type.DOUBLE, 2.0, "PolicyStatus and diagnostics rate (Hz).", {"range": (0.1, 100.0)}),
+}
+
+
+def descriptor(name: str) -> ParameterDescriptor:
+    ptype, _, text, extra = SPEC[name]
+    d = ParameterDescriptor(name=name, type=ptype.value, description=text, read_only=name != "dry_run")
+    if "range" in extra:
+        lo, hi = extra["range"]
+        if ptype == Parameter.Type.INTEGER:
+            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+        else:
+            d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    if "choices" in extra:
+        d.additional_constraints = "one of: " + ", ".join(extra["choices"])
+    return d
+
+
+def declare(node) -> None:
+    """Declare every parameter on the node (values from --params-file override defaults)."""
+    for name, (ptype, default, _, _) in SPEC.items():
+        node.declare_parameter(name, Parameter(name, ptype, default).value, descriptor(name))
+
+
+@dataclass(frozen=True)
+class PolicyNodeParams:
+    values: dict
+
+    def __getitem__(self, name: str):
+        return self.values[name]
+
+
+def read(node) -> PolicyNodeParams:
+    """Read and validate every parameter; raise ParameterError naming the first bad one."""
+    v = {name: node.get_parameter(name).value for name in SPEC}
+    for name, (_, _, _, extra) in SPEC.items():
+        if "choices" in extra and v[name] not in extra["choices"]:
+            raise ParameterError(f"parameter '{name}' is {v[name]!r}; expected one of {list(extra['choices'])}")
+        if "range" in extra:
+            lo, hi = extra["range"]
+            if not (lo <= v[name] <= hi):
+                raise ParameterError(f"parameter '{name}' is {v[name]!r}; expected a value in [{lo}, {hi}]")
+    names = list(v["joints.names"])
+    if not names or any(not n for n in names):
+        raise ParameterError(f"parameter 'joints.names' is {names!r}; give the robot's joint names "
+                             "(load the robot's parameters file with --params-file)")
+    if len(set(names)) != len(names):
+        raise ParameterError(f"parameter 'joints.names' has duplicates: {names!r}")
+    for key in ("joints.lower", "joints.upper", "joints.max_velocity", "joints.max_acceleration"):
+        arr = list(v[key])
+        if len(arr) != len(names):
+            raise ParameterError(f"parameter '{key}' has {len(arr)} values for {len(names)} joints {names}")
+        if any(math.isnan(x) for x in arr):
+            raise ParameterError(f"parameter '{key}' contains NaN: {arr}")
+    for i, n in enumerate(names):
+        if not v["joints.lower"][i] < v["joints.upper"][i]:
+            raise ParameterError(f"parameters 'joints.lower'/'joints.upper' for joint '{n}': "
+                                 f"{v['joints.lower'][i]} is not below {v['joints.upper'][i]}")
+        for key in ("joints.max_velocity", "joints.max_acceleration"):
+            if not v[key][i] > 0:
+                raise ParameterError(f"parameter '{key}' for joint '{n}' is {v[key][i]}; it must be > 0")
+    cams = list(v["cameras.names"])
+    if not cams or any(not c for c in cams) or len(set(cams)) != len(cams):
+        raise ParameterError(f"parameter 'cameras.names' is {cams!r}; give one or more distinct camera names")
+    transports = list(v["cameras.transports"])
+    if len(transports) == 1 and len(cams) > 1:
+        transports = transports * len(cams)
+    if len(transports) != len(cams) or any(t not in TRANSPORTS for t in transports):
+        raise ParameterError(f"parameter 'cameras.transports' is {list(v['cameras.transports'])!r}; expected "
+                             f"one of {list(TRANSPORTS)} per camera ({len(cams)} cameras)")
+    v["cameras.transports"] = transports
+    for key in ("workspace.min", "workspace.max"):
+        if len(v[key]) != 3 or any(math.isnan(x) for x in v[key]):
+            raise ParameterError(f"parameter '{key}' is {list(v[key])!r}; expected 3 numbers (x, y, z)")
+    if any(lo >= hi for lo, hi in zip(v["workspace.min"], v["workspace.max"])):
+        raise ParameterError(f"parameters 'workspace.min' {list(v['workspace.min'])} must be below "
+                             f"'workspace.max' {list(v['workspace.max'])}")
+    if v["action_space"] == "ee_delta" and v["output.mode"] != "twist":
+        raise ParameterError(f"parameter 'output.mode' is {v['output.mode']!r} but action_space 'ee_delta' "
+                             "needs output.mode 'twist'")
+    if v["action_space"] != "ee_delta" and v["output.mode"] == "twist":
+        raise ParameterError(f"parameter 'output.mode' is 'twist' but action_space is {v['action_space']!r}; "
+                             "twist output needs action_space 'ee_delta'")
+    return PolicyNodeParams(v)

@@ -1,0 +1,76 @@
+"""Turn a node's model parameters into a ready inference engine, or one clear error.
+
+The ROS node knows only this function and the engine it returns (`infer`, `action_names`,
+`state_names`, `horizon`, `action_dim`, `device`), never a model class.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from vla_ros.model.checkpoint import CheckpointError, load_policy
+from vla_ros.model.config import load_preset
+from vla_ros.model.policy import build_policy
+from vla_ros.runtime.engine import InferenceEngine
+
+
+class PolicyLoadError(ValueError):
+    """The model could not be loaded or does not fit the robot; the message says why."""
+
+
+class LoadedEngine:
+    """An InferenceEngine plus the policy facts the node needs."""
+
+    def __init__(self, engine: InferenceEngine, config):
+        self.engine = engine
+        self.config = config
+        self.action_names = list(config.action_names)
+        self.state_names = list(config.state_names) if config.use_state else []
+        self.horizon = int(config.chunk_size)
+        self.action_dim = len(self.action_names)
+        self.device = str(engine.device)
+
+    def infer(self, images, instruction, state):
+        return self.engine.infer(images, instruction, state if self.state_names else None)
+
+
+def load_engine(checkpoint: str, preset: str, action_names: Sequence[str] | None, action_dim: int,
+                state_names: Sequence[str], camera_names: Sequence[str], device: str = "auto",
+                dtype: str = "float32", compile: bool = False, seed: int = 0,
+                log: Callable[[str], None] = print, warmup: int = 2) -> LoadedEngine:
+    """Load `checkpoint` (or build `preset` untrained) and check it fits the robot.
+
+    action_names: the robot's action dimension names (None: only the dimension is checked,
+    as for end-effector spaces). state_names: joints available as proprioception.
+    """
+    try:
+        if checkpoint:
+            policy = load_policy(checkpoint, device="cpu")
+        else:
+            log(f"model.checkpoint is empty: using preset '{preset}' with UNTRAINED weights "
+                "(for smoke tests only; the robot will not do anything useful)")
+            overrides = dict(camera_names=list(camera_names), state_names=list(state_names))
+            if action_names is not None:
+                overrides["action_names"] = list(action_names)
+            else:
+                overrides["action_names"] = [f"a{i}" for i in range(action_dim)]
+            overrides["action_dim"] = 0
+            overrides["state_dim"] = 0
+            policy = build_policy(load_preset(preset, **overrides))
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise PolicyLoadError(str(exc)) from exc
+    cfg = policy.config
+    if action_names is not None and list(cfg.action_names) != list(action_names):
+        raise PolicyLoadError(f"checkpoint {checkpoint} predicts actions {list(cfg.action_names)} but the robot "
+                              f"expects {list(action_names)} (joints.names + gripper)")
+    if len(cfg.action_names) != action_dim:
+        raise PolicyLoadError(f"checkpoint {checkpoint} predicts {len(cfg.action_names)} action dimensions, "
+                              f"the robot's action space has {action_dim}")
+    if len(cfg.camera_names) != len(camera_names):
+        raise PolicyLoadError(f"checkpoint {checkpoint} expects {len(cfg.camera_names)} cameras "
+                              f"{list(cfg.camera_names)}, cameras.names has {list(camera_names)}")
+    try:
+        engine = InferenceEngine(policy, device=device, dtype=dtype, compile=compile, seed=seed)
+        engine.warmup(warmup)
+    except (RuntimeError, ValueError) as exc:
+        raise PolicyLoadError(f"could not prepare the model for inference on {device}/{dtype}: {exc}") from exc
+    return LoadedEngine(engine, cfg)
