@@ -1,0 +1,210 @@
+"""The policy node in its own process, over real DDS, against a test-side robot stand-in."""
+import time
+
+import numpy as np
+import pytest
+from rclpy.action import ActionClient
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from controller_standin import PANDA_JOINTS, RobotStandIn
+from ros_testing import ROOT, executable, ros_process, wait_for, wait_future
+from vla_ros.action import ExecuteInstruction
+from vla_ros.msg import ActionChunk, PolicyStatus
+
+PARAMS = ROOT / "config" / "robots" / "sim_panda.yaml"
+LOWER = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
+UPPER = np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973])
+MAX_STEP = 0.05
+
+
+def node_cmd(*overrides):
+    args = ["--ros-args", "--params-file", str(PARAMS), "-p", "autostart:=true"]
+    for o in overrides:
+        args += ["-p", o]
+    return executable("policy_node", *args)
+
+
+@pytest.fixture
+def robot():
+    r = RobotStandIn()
+    yield r
+    r.close()
+
+
+def start_node(tmp_path, *overrides, name="policy_node"):
+    return ros_process(node_cmd(*overrides), tmp_path / f"{name}.log")
+
+
+def wait_active(proc):
+    wait_for(lambda: "active" in proc.output() and "configured:" in proc.output(), what="node active", process=proc)
+
+
+def test_image_and_instruction_produce_follow_joint_trajectory_goals_within_limits(robot, tmp_path):
+    chunks = []
+    robot.node.create_subscription(ActionChunk, "policy_node/action_chunk", chunks.append, 10)
+    with start_node(tmp_path) as proc:
+        wait_active(proc)
+        robot.instruction_pub.publish(String(data="touch the red cube"))
+        wait_for(lambda: robot.counts()["fjt"] >= 5, what="5 FollowJointTrajectory goals", process=proc)
+        wait_for(lambda: chunks, what="an ActionChunk", process=proc)
+    with robot.lock:
+        goals = list(robot.fjt_goals)
+    for traj in goals:
+        assert list(traj.joint_names) == PANDA_JOINTS
+        pts = np.array([p.positions for p in traj.points])
+        assert np.all(np.isfinite(pts)) and np.all(pts >= LOWER - 1e-9) and np.all(pts <= UPPER + 1e-9)
+        times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in traj.points]
+        assert np.all(np.diff(times) > 0) and times[0] > 0
+        assert np.all(np.abs(np.diff(pts, axis=0)) <= MAX_STEP + 1e-9)
+    c = chunks[0]
+    assert c.names == PANDA_JOINTS and c.dims == 7 and c.horizon >= 1 and len(c.actions) == c.horizon * 7
+    assert c.instruction == "touch the red cube" and c.inference_latency > 0
+
+
+@pytest.mark.parametrize("mode,key", [("joint_trajectory", "traj"), ("forward_position", "fwd")])
+def test_topic_output_modes_publish_commands_within_limits(robot, tmp_path, mode, key):
+    with start_node(tmp_path, f"output.mode:={mode}") as proc:
+        wait_active(proc)
+        robot.instruction_pub.publish(String(data="push the blue cube left"))
+        wait_for(lambda: robot.counts()[key] >= 20, what=f"20 {mode} commands", process=proc)
+    with robot.lock:
+        msgs = list(robot.trajectories if key == "traj" else robot.forward)
+    cmds = np.array([m.points[0].positions if key == "traj" else m.data for m in msgs])
+    assert cmds.shape[1] == 7 and np.all(cmds >= LOWER - 1e-9) and np.all(cmds <= UPPER + 1e-9)
+    assert np.all(np.abs(np.diff(cmds, axis=0)) <= MAX_STEP + 1e-9)
+
+
+def test_twist_output_mode_for_end_effector_deltas(robot, tmp_path):
+    with start_node(tmp_path, "action_space:=ee_delta", "output.mode:=twist", "ee.max_linear_velocity:=0.1",
+                    "ee.max_angular_velocity:=0.5") as proc:
+        wait_active(proc)
+        robot.instruction_pub.publish(String(data="move to the green cube"))
+        wait_for(lambda: robot.counts()["twist"] >= 10, what="10 twist commands", process=proc)
+    with robot.lock:
+        twists = list(robot.twists)
+    for t in twists:
+        lin = np.array([t.twist.linear.x, t.twist.linear.y, t.twist.linear.z])
+        ang = np.array([t.twist.angular.x, t.twist.angular.y, t.twist.angular.z])
+        assert t.header.frame_id == "panda_link0"
+        assert np.linalg.norm(lin) <= 0.1 + 1e-9 and np.linalg.norm(ang) <= 0.5 + 1e-9
+
+
+def test_execute_instruction_feedback_result_and_cancel_stops_motion(robot, tmp_path):
+    with start_node(tmp_path) as proc:
+        wait_active(proc)
+        client = ActionClient(robot.node, ExecuteInstruction, "policy_node/execute_instruction")
+        assert client.wait_for_server(timeout_sec=60)
+        feedback = []
+        goal = ExecuteInstruction.Goal(instruction="touch the red cube", max_steps=15)
+        handle = wait_future(client.send_goal_async(goal, feedback_callback=lambda m: feedback.append(m.feedback)))
+        assert handle.accepted
+        result = wait_future(handle.get_result_async(), what="result").result
+        assert result.outcome == ExecuteInstruction.Result.OUTCOME_MAX_STEPS and result.steps >= 15
+        assert feedback and max(f.step for f in feedback) <= result.steps
+
+        handle = wait_future(client.send_goal_async(ExecuteInstruction.Goal(instruction="push the red cube left")))
+        wait_for(lambda: robot.counts()["fjt"] >= 3, what="motion before cancel", process=proc)
+        wait_future(handle.cancel_goal_async(), what="cancel")
+        result = wait_future(handle.get_result_async(), what="result after cancel").result
+        assert result.outcome == ExecuteInstruction.Result.OUTCOME_CANCELED
+        settled = robot.counts()["fjt"]
+        # No new goals after the cancel (one braking trajectory may already be on its way).
+        end = time.monotonic() + 1.0
+        wait_for(lambda: time.monotonic() > end, what="one second of silence")
+        assert robot.counts()["fjt"] <= settled + 1
+        client.destroy()
+
+
+def test_stale_images_make_the_node_hold_within_one_watchdog_period(robot, tmp_path):
+    statuses = []
+    robot.node.create_subscription(PolicyStatus, "policy_node/status", statuses.append, 10)
+    with start_node(tmp_path, "output.mode:=forward_position", "cameras.max_age:=0.3") as proc:
+        wait_active(proc)
+        robot.instruction_pub.publish(String(data="touch the red cube"))
+        wait_for(lambda: robot.counts()["fwd"] >= 10, what="commands", process=proc)
+        robot.publish_images = False
+        stopped = time.monotonic()
+        wait_for(lambda: "holding the arm: stale input: camera:front" in proc.output(), what="hold", process=proc)
+        held_after = time.monotonic() - stopped
+        n = robot.counts()["fwd"]
+        wait_for(lambda: any(s.state == PolicyStatus.STATE_HOLDING for s in statuses), what="HOLDING status")
+        # Commands stop (after the deceleration ramp): nothing new within a further 0.5 s.
+        wait_for(lambda: time.monotonic() > stopped + held_after + 0.5, what="a pause")
+        n2 = robot.counts()["fwd"]
+        end = time.monotonic() + 0.5
+        wait_for(lambda: time.monotonic() > end, what="a second pause")
+        assert robot.counts()["fwd"] == n2
+        # Detected within one watchdog period (0.3 s) plus one control tick and DDS delivery.
+        assert held_after < 0.3 + 0.5, f"held {held_after:.2f} s after the last image"
+        robot.publish_images = True
+        wait_for(lambda: robot.counts()["fwd"] > n2, what="resumes when images return", process=proc)
+
+
+def test_bad_inputs_are_logged_once_and_do_not_crash_the_node(robot, tmp_path):
+    bad_raw = robot.node.create_publisher(Image, "front/image_raw", qos_profile_sensor_data)
+    with start_node(tmp_path, "output.mode:=forward_position") as proc:
+        wait_active(proc)
+        wait_for(lambda: bad_raw.get_subscription_count() > 0, what="node subscribed", process=proc)
+        for _ in range(5):
+            bad_raw.publish(Image(height=64, width=64, encoding="rgb8", step=192, data=b"\x00" * 100))
+            bad_raw.publish(Image(height=2, width=2, encoding="yuv422_weird", step=4, data=b"\x00" * 8))
+        robot.instruction_pub.publish(String(data=""))
+        robot.extra_joint_names = ["mystery_joint"]
+        wait_for(lambda: "expected" in proc.output() and "yuv422_weird" in proc.output(), what="image errors logged",
+                 process=proc)
+        wait_for(lambda: "refused an empty instruction" in proc.output(), what="empty instruction logged", process=proc)
+        wait_for(lambda: "mystery_joint" in proc.output(), what="unknown joint logged", process=proc)
+        robot.instruction_pub.publish(String(data="touch the red cube"))
+        wait_for(lambda: robot.counts()["fwd"] >= 5, what="still commanding after bad input", process=proc)
+        out = proc.output()
+        assert proc.alive()
+    assert out.count("yuv422_weird") == 1 and out.count("mystery_joint") == 1
+
+
+def test_corrupt_compressed_image_is_refused_with_one_line(robot, tmp_path):
+    pub = robot.node.create_publisher(CompressedImage, "front/image_raw/compressed", qos_profile_sensor_data)
+    with start_node(tmp_path, "cameras.transports:=[compressed]") as proc:
+        wait_active(proc)
+        wait_for(lambda: pub.get_subscription_count() > 0, what="node subscribed", process=proc)
+        for _ in range(3):
+            pub.publish(CompressedImage(format="jpeg", data=b"\xff\xd8\xff\xe0truncated"))
+        wait_for(lambda: "camera 'front': dropped a malformed image" in proc.output(), what="jpeg error", process=proc)
+        assert proc.alive()
+
+
+def test_estop_latches_until_reset(robot, tmp_path):
+    with start_node(tmp_path, "output.mode:=forward_position") as proc:
+        wait_active(proc)
+        robot.instruction_pub.publish(String(data="touch the red cube"))
+        wait_for(lambda: robot.counts()["fwd"] >= 5, what="commands", process=proc)
+        estop = robot.node.create_client(Trigger, "policy_node/estop")
+        reset = robot.node.create_client(Trigger, "policy_node/reset")
+        assert estop.wait_for_service(timeout_sec=30)
+        assert wait_future(estop.call_async(Trigger.Request())).success
+        wait_for(lambda: "E-STOP latched" in proc.output(), process=proc)
+        n = robot.counts()["fwd"]
+        end = time.monotonic() + 1.0
+        wait_for(lambda: time.monotonic() > end, what="a pause")
+        assert robot.counts()["fwd"] <= n + 40  # at most the deceleration ramp, then nothing
+        n2 = robot.counts()["fwd"]
+        end = time.monotonic() + 0.5
+        wait_for(lambda: time.monotonic() > end, what="a pause")
+        assert robot.counts()["fwd"] == n2
+        assert wait_future(reset.call_async(Trigger.Request())).success
+        wait_for(lambda: robot.counts()["fwd"] > n2, what="commands after reset", process=proc)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("control.rate:=-5.0", "control.rate"),
+    ("output.mode:=teleport", "output.mode"),
+    ("joints.max_velocity:=[1.0, 2.0]", "joints.max_velocity"),
+])
+def test_invalid_parameter_stops_startup_with_a_message_naming_it(tmp_path, override, needle):
+    with start_node(tmp_path, override) as proc:
+        wait_for(lambda: not proc.alive(), what="node exits", timeout=60)
+        out = proc.output()
+    assert proc.proc.returncode != 0
+    assert needle in out, out
