@@ -37,14 +37,37 @@ def pytest_sessionstart(session):
     session.config._vla_ros_shm_before = _shm_files()
 
 
+def _shm_in_use():
+    """/dev/shm paths some live process has open or mapped (another session's nodes)."""
+    used = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                used.update(line.split(None, 5)[-1].strip() for line in f if "/dev/shm/" in line)
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("/dev/shm/"):
+                    used.add(target)
+        except OSError:
+            continue
+    return used
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Remove the Fast DDS shared-memory files this session's processes left behind.
 
-    Only files that appeared during the session are touched; by now every process the
-    tests started has been ended by its fixture and this process has shut rclpy down.
+    Only files that appeared during the session and that no live process has open or
+    mapped are removed: by now every process the tests started has been ended by its
+    fixture, while another session's (or a demo's) nodes may still be using theirs.
     """
     before = getattr(session.config, "_vla_ros_shm_before", set())
-    for f in _shm_files() - before:
+    in_use = _shm_in_use()
+    for f in _shm_files() - before - in_use:
         try:
             os.unlink(f)
         except OSError:

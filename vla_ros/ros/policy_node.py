@@ -102,7 +102,7 @@ class PolicyNode(LifecycleNode):
         self._goal_handle = None
         self._logged_once = set()
         self.estop = EStop()
-        self._status_count = 0
+        self.exit_code = None
         if self.get_parameter("autostart").value:
             # Without a lifecycle manager (launch or `ros2 lifecycle set`), come up active.
             self._autostart_timer = self.create_timer(0.0, self._autostart)
@@ -112,7 +112,8 @@ class PolicyNode(LifecycleNode):
         self._autostart_timer.cancel()
         self.destroy_timer(self._autostart_timer)
         if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            raise SystemExit(2)
+            self.exit_code = 2  # main() ends the process: nothing can run unconfigured
+            return
         self.trigger_activate()
 
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -246,9 +247,16 @@ class PolicyNode(LifecycleNode):
     # ---------------------------------------------------------------- logging helpers
     def _log_once(self, key: str, text: str, level: str = "warning"):
         """Log a recurring condition once (until it clears, see _clear_once)."""
-        if key not in self._logged_once:
-            self._logged_once.add(key)
-            getattr(self.get_logger(), level)(text)
+        if key in self._logged_once:
+            return
+        self._logged_once.add(key)
+        # One call site per severity: rclpy refuses a call site that changes severity.
+        if level == "error":
+            self.get_logger().error(text)
+        elif level == "info":
+            self.get_logger().info(text)
+        else:
+            self.get_logger().warning(text)
 
     def _clear_once(self, prefix: str):
         self._logged_once = {k for k in self._logged_once if not k.startswith(prefix)}
@@ -750,18 +758,16 @@ def main(args=None) -> int:
         return 2
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
-    code = 0
     try:
-        executor.spin()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
+        while rclpy.ok() and node.exit_code is None:
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         node._teardown()
         node.destroy_node()
         rclpy.try_shutdown()
-    return code
+    return node.exit_code or 0
 
 
 if __name__ == "__main__":
