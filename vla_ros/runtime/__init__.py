@@ -1,0 +1,1 @@
+"""Runtime layers between the policy and the ROS node (pure Python / numpy, no ROS imports)."""
