@@ -1,0 +1,87 @@
+"""int8 dynamic quantization and knowledge distillation."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest_model import batch_stats, make_batch, one_thread, seed_all, tiny_config  # noqa: F401
+from vla_ros.model import build_policy
+from vla_ros.model.compression import Int8WeightOnlyLinear, compare_outputs, distill, quantize_dynamic_int8
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _trained(cfg, batch, steps=40, seed=0):
+    seed_all(seed)
+    policy = build_policy(cfg)
+    policy.set_normalization_stats(batch_stats(batch))
+    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss, _ = policy.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return policy.eval()
+
+
+@pytest.mark.parametrize("backend", ["auto", "weight_only"])
+@pytest.mark.parametrize("fusion,head", [("prefix", "flow"), ("film", "continuous"), ("cross_attention", "discrete")])
+def test_int8_quantized_policy_runs_close_to_fp32(backend, fusion, head, tmp_path):
+    cfg = tiny_config(fusion=fusion, action_head=head, d_model=64, num_heads=4)
+    batch = make_batch(cfg, batch_size=4)
+    policy = _trained(cfg, batch)
+    q = quantize_dynamic_int8(policy, backend=backend)
+    assert q is not policy and not any(isinstance(m, nn.Linear) for m in q.modules())
+    assert any(isinstance(m, nn.Linear) for m in policy.modules())  # the original is untouched
+    if backend == "weight_only":
+        assert q.quantization == "int8_weight_only"
+        assert any(isinstance(m, Int8WeightOnlyLinear) for m in q.modules())
+    diff = compare_outputs(policy, q, [batch], seed=0)
+    # Robot-unit ranges: x spans 0.8, y spans 2.0. Measured errors are ~1e-3; bound loosely.
+    assert diff["max_abs_diff"] < 0.15, diff
+    assert diff["mean_abs_diff"] < 0.03, diff
+    with pytest.raises(ValueError, match="cannot save a quantized policy"):
+        q.save(tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+
+
+def test_weight_only_linear_matches_float_linear():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    q = Int8WeightOnlyLinear(lin)
+    x = torch.randn(8, 64)
+    assert q.weight_int8.dtype == torch.int8
+    torch.testing.assert_close(q(x), lin(x), atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "teacher_head,student_head",
+    [("discrete", "discrete"), ("flow", "continuous"), ("continuous", "flow"), ("continuous", "discrete")],
+)
+def test_distill_large_into_small(teacher_head, student_head):
+    t_cfg = tiny_config(action_head=teacher_head, d_model=64, num_heads=4, fusion="prefix", fusion_depth=2)
+    s_cfg = tiny_config(action_head=student_head, d_model=16, num_heads=2, fusion="film", image_size=24)
+    batch = make_batch(t_cfg, batch_size=4)
+    teacher = _trained(t_cfg, batch, steps=60)
+    seed_all(1)
+    student = build_policy(s_cfg)
+    metrics = distill(teacher, student, [batch], steps=60, temperature=2.0, lr=3e-3)
+    assert metrics["steps"] == 60
+    if teacher_head == student_head == "discrete":
+        assert metrics["mode"] == "kl"  # temperature-scaled KL between token distributions
+    assert metrics["distill_loss_last"] < metrics["distill_loss_first"]
+    assert metrics["student_params"] < metrics["teacher_params"] and metrics["compression_ratio"] > 1
+    for k in ("teacher_l1", "student_l1", "accuracy_cost_l1", "student_teacher_mean_abs_diff"):
+        assert torch.isfinite(torch.tensor(metrics[k])), k
+    assert metrics["accuracy_cost_l1"] == pytest.approx(metrics["student_l1"] - metrics["teacher_l1"])
+    # The student adopted the teacher's normalization statistics.
+    assert student.normalization_stats == teacher.normalization_stats
+
+
+def test_distill_rejects_incompatible_pairs():
+    teacher = build_policy(tiny_config())
+    with pytest.raises(ValueError, match="differ in chunk_size"):
+        distill(teacher, build_policy(tiny_config(chunk_size=5)), [make_batch(tiny_config())], steps=1)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        distill(teacher, build_policy(tiny_config()), [make_batch(tiny_config())], steps=1, temperature=0)

@@ -1,0 +1,236 @@
+"""Model compression for onboard deployment: int8 quantization and knowledge distillation.
+
+* :func:`quantize_dynamic_int8`: dynamic int8 quantization of every ``nn.Linear`` for CPU
+  inference (weights stored int8 per tensor, activations quantized on the fly per batch;
+  fbgemm / onednn int8 GEMMs). Uses ``torch.ao.quantization.quantize_dynamic``: present
+  and working in torch 2.13 although deprecated in favour of torchao's ``quantize_``
+  (not a dependency here). If it is missing or fails, a pure-PyTorch weight-only int8
+  Linear (per-output-channel scales, dequantized at matmul time) is used instead: it
+  saves memory but not time. The transformer blocks use plain ``nn.Linear`` so both
+  reach every projection.
+* :func:`distill`: trains a small student to imitate a large teacher (Hinton et al. 2015):
+  temperature-softened KL between the discrete heads' token distributions, or L1 (chunk
+  regression) / flow matching towards the teacher's sampled chunks (an L2 on velocities)
+  for continuous and flow students. Returns the accuracy cost, measured on the batches.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import warnings
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .decoders import DiscreteActionHead
+from .language import PretrainedTextEncoder
+from .policy import VLAPolicy, make_generator
+
+
+# ------------------------------------------------------------------------------ int8
+class Int8WeightOnlyLinear(nn.Module):
+    """Fallback int8 Linear: symmetric per-output-channel int8 weights, float activations."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp_min(1e-8) / 127.0  # (out,)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight_int8", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight_int8.to(x.dtype) * self.scale.to(x.dtype)[:, None]  # (out, in)
+        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+
+def _replace_linears(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(module, name, Int8WeightOnlyLinear(child))
+        else:
+            _replace_linears(child)
+
+
+def quantize_dynamic_int8(policy: VLAPolicy, backend: str = "auto", inplace: bool = False) -> VLAPolicy:
+    """A CPU copy of ``policy`` whose Linear layers run in int8.
+
+    backend: "auto" (torch.ao dynamic quantization, else the fallback), "torch" (torch.ao
+    only, errors if unavailable) or "weight_only" (the pure-PyTorch fallback).
+    The result records the backend used in ``policy.quantization``. It cannot be saved
+    (quantize after ``load_policy`` instead).
+    """
+    if backend not in ("auto", "torch", "weight_only"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'weight_only', got {backend!r}")
+    model = policy if inplace else copy.deepcopy(policy)
+    model = model.to("cpu").eval()
+    used = None
+    if backend in ("auto", "torch"):
+        try:
+            from torch.ao.quantization import quantize_dynamic
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # deprecation notices of torch.ao.quantization
+                quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+            used = "torch.ao.quantization.quantize_dynamic"
+        except (ImportError, AttributeError, RuntimeError, NotImplementedError) as e:
+            if backend == "torch":
+                raise RuntimeError(f"torch dynamic quantization is unavailable: {e}") from e
+    if used is None:
+        _replace_linears(model)
+        used = "int8_weight_only"
+    for m in model.modules():
+        if isinstance(m, PretrainedTextEncoder):
+            m.clear_cache()  # cached embeddings came from the float backbone
+    model.quantization = used
+    return model
+
+
+# ------------------------------------------------------------------------------ evaluation
+def _resize_for(policy: VLAPolicy, images: torch.Tensor) -> torch.Tensor:
+    """Teacher and student may use different image sizes: resample (B, V, 3, S, S)."""
+    S = policy.config.image_size
+    if images.shape[-1] == S and images.shape[-2] == S:
+        return images
+    B, V = images.shape[:2]
+    x = F.interpolate(images.flatten(0, 1), size=(S, S), mode="bilinear", align_corners=False, antialias=True)
+    return x.view(B, V, 3, S, S)
+
+
+def _inputs(policy: VLAPolicy, batch: dict[str, Any]):
+    dev = policy.device
+    images = _resize_for(policy, torch.as_tensor(batch["images"]).to(dev, torch.float32))
+    B = images.shape[0]
+    instructions = batch["instructions"]
+    instructions = [instructions] * B if isinstance(instructions, str) else list(instructions)
+    state_n = policy.normalize_state(policy._state_tensor(batch.get("state"), B))
+    return images, instructions, state_n
+
+
+@torch.no_grad()
+def predict_batch(policy: VLAPolicy, batch: dict[str, Any], seed: int = 0) -> torch.Tensor:
+    """Robot-unit action chunks (B, H, D) for a training-style batch (flow noise seeded)."""
+    was_training = policy.training
+    policy.eval()
+    images, instructions, state_n = _inputs(policy, batch)
+    actions = policy.postprocess(policy.decode(policy.encode(images, instructions, state_n), make_generator(seed, policy.device)))
+    policy.train(was_training)
+    return actions
+
+
+def compare_outputs(a: VLAPolicy, b: VLAPolicy, batches: Iterable[dict[str, Any]], seed: int = 0) -> dict[str, float]:
+    """Max / mean absolute difference between two policies' chunks (robot units)."""
+    diffs = [(predict_batch(a, batch, seed).cpu() - predict_batch(b, batch, seed).cpu()).abs() for batch in batches]
+    d = torch.cat([x.flatten() for x in diffs])
+    return {"max_abs_diff": d.max().item(), "mean_abs_diff": d.mean().item()}
+
+
+def action_l1(policy: VLAPolicy, batches: Iterable[dict[str, Any]], seed: int = 0) -> float:
+    """Mean |predicted - ground truth| over batches, in robot units."""
+    errs = [
+        (predict_batch(policy, batch, seed).cpu() - torch.as_tensor(batch["actions"]).float()).abs().flatten()
+        for batch in batches
+    ]
+    return torch.cat(errs).mean().item()
+
+
+# ------------------------------------------------------------------------------ distillation
+def _same_stats(a, b) -> bool:
+    return a is None or b is None or a.to_dict() == b.to_dict()
+
+
+def distill(
+    teacher: VLAPolicy,
+    student: VLAPolicy,
+    batches: list[dict[str, Any]],
+    steps: int = 100,
+    temperature: float = 2.0,
+    lr: float = 1e-3,
+    alpha: float = 0.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Distill ``teacher`` into ``student`` (in place) on ``batches`` (cycled), return metrics.
+
+    Both must share the robot interface (action/state/camera names, chunk size); image
+    sizes may differ. The student adopts the teacher's normalization statistics when it
+    has none. ``alpha`` > 0 adds that weight of the student's ordinary loss on the
+    ground-truth actions. Metrics: distillation loss at the first and last step, the
+    parameter counts, and the accuracy cost on the batches: L1 to the ground truth of the
+    teacher and of the student (robot units) and student-vs-teacher L1.
+    """
+    tc, sc = teacher.config, student.config
+    for key in ("action_names", "state_names", "camera_names", "chunk_size"):
+        if getattr(tc, key) != getattr(sc, key):
+            raise ValueError(f"teacher and student differ in {key}: {getattr(tc, key)!r} vs {getattr(sc, key)!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if not batches:
+        raise ValueError("distill needs at least one batch")
+    t_stats, s_stats = teacher.normalization_stats, student.normalization_stats
+    for k in ("action", "state"):
+        if not _same_stats(t_stats[k], s_stats[k]):
+            raise ValueError(f"teacher and student have different {k} normalization statistics")
+    student.set_normalization_stats({k: v for k, v in t_stats.items() if v is not None and s_stats[k] is None})
+
+    gen = make_generator(seed, student.device)
+    teacher.eval()
+    student.train()
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    kl_mode = isinstance(teacher.head, DiscreteActionHead) and isinstance(student.head, DiscreteActionHead) and (
+        tc.num_bins == sc.num_bins
+    )
+    history = []
+    for step, batch in zip(range(steps), itertools.cycle(batches)):
+        with torch.no_grad():
+            t_img, instr, t_state = _inputs(teacher, batch)
+            t_fused = teacher.encode(t_img, instr, t_state)
+            t_logits = teacher.head.logits(t_fused).float() if kl_mode else None
+            t_chunk = teacher.decode(t_fused, gen).float()  # (B, H, D) normalized
+            t_chunk = t_chunk.to(student.device)
+        s_img, instr, s_state = _inputs(student, batch)
+        s_fused = student.encode(s_img, instr, s_state)
+        if kl_mode:
+            # Hinton et al.: KL(softmax(t/T) || softmax(s/T)) * T^2 keeps gradient scale ~T-free.
+            s_logits = student.head.logits(s_fused).float()
+            T = temperature
+            loss = F.kl_div(
+                F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits.to(s_logits.device) / T, -1),
+                reduction="none", log_target=True,
+            ).sum(-1).mean() * T * T
+        else:
+            # Discrete student from a continuous teacher: CE on the teacher's tokens;
+            # continuous: L1 to the teacher's chunk; flow: flow matching towards it.
+            loss, _ = student.head.loss(s_fused, t_chunk, generator=gen)
+        if alpha > 0:
+            gt = torch.as_tensor(batch["actions"]).to(student.device, torch.float32)
+            _, gt_n = student.preprocessor(None, gt)
+            gt_loss, _ = student.head.loss(s_fused, gt_n, generator=gen)
+            loss = loss + alpha * gt_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    student.eval()
+    t_l1 = action_l1(teacher, batches, seed)
+    s_l1 = action_l1(student, batches, seed)
+    agreement = compare_outputs(teacher, student, batches, seed)
+    return {
+        "steps": len(history),
+        "mode": "kl" if kl_mode else type(student.head).__name__,
+        "temperature": temperature,
+        "distill_loss_first": history[0] if history else float("nan"),
+        "distill_loss_last": history[-1] if history else float("nan"),
+        "teacher_params": teacher.num_parameters(),
+        "student_params": student.num_parameters(),
+        "compression_ratio": teacher.num_parameters() / max(1, student.num_parameters()),
+        "teacher_l1": t_l1,
+        "student_l1": s_l1,
+        "accuracy_cost_l1": s_l1 - t_l1,
+        "student_teacher_mean_abs_diff": agreement["mean_abs_diff"],
+        "student_teacher_max_abs_diff": agreement["max_abs_diff"],
+    }

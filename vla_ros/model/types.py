@@ -1,0 +1,42 @@
+"""Plain data types exchanged between the policy, the inference engine and the ROS node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Observation:
+    """One observation of the robot.
+
+    images: one uint8 H x W x 3 RGB array per camera, in ``config.camera_names`` order
+        (grayscale H x W is accepted too), or an already preprocessed float tensor
+        (B, V, 3, H, W) with values in [0, 1].
+    instruction: the natural-language task, e.g. "put the red cube in the bowl".
+    state: optional 1-D float array of proprioception in robot units, ordered as
+        ``config.state_names``.
+    """
+
+    images: list[np.ndarray] | torch.Tensor
+    instruction: str
+    state: np.ndarray | None = None
+
+
+@dataclass
+class ActionChunk:
+    """H future actions in robot units, ``actions[i]`` for the i-th control step ahead.
+
+    timings: milliseconds per stage ("preprocess", "encode", "decode", "postprocess",
+    "total").
+    """
+
+    actions: np.ndarray  # (H, D) float32, robot units
+    action_names: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def horizon(self) -> int:
+        return int(self.actions.shape[0])
