@@ -1,0 +1,60 @@
+"""Start the VLA policy node for one robot, configured and activated automatically.
+
+    ros2 launch vla_ros policy.launch.py robot:=sim_panda checkpoint:=/path/to/ckpt
+
+The robot's parameters come from config/robots/<robot>.yaml; topics and action names are
+relative and remapped here, so the node needs no robot-specific Python.
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.conditions import IfCondition
+from launch.events import matches_action
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from launch_ros.substitutions import FindPackageShare
+from lifecycle_msgs.msg import Transition
+
+ARGUMENTS = [
+    ("robot", "sim_panda", "Robot configuration: the name of a file config/robots/<robot>.yaml."),
+    ("model", "tiny", "Model preset from config/models/, used when no checkpoint is given."),
+    ("checkpoint", "", "Checkpoint directory (model.safetensors, config.json, normalization.json)."),
+    ("namespace", "", "Namespace for the policy node and its relative topics."),
+    ("use_sim_time", "false", "Use /clock (simulation or bag replay) instead of the wall clock."),
+    ("dry_run", "false", "Publish action chunks only; command nothing."),
+    ("camera_topic", "front/image_raw", "Image topic of the first camera (remapped to the node's front/image_raw)."),
+    ("joint_states_topic", "/joint_states", "The robot's joint state topic."),
+    ("trajectory_action", "/joint_trajectory_controller/follow_joint_trajectory",
+     "FollowJointTrajectory action of the robot's joint trajectory controller."),
+    ("gripper_action", "/gripper_controller/gripper_cmd", "GripperCommand action of the gripper controller."),
+    ("autostart", "true", "Configure and activate the node on start; false leaves it unconfigured."),
+    ("log_level", "info", "Log level of the policy node (debug, info, warn, error)."),
+]
+
+
+def generate_launch_description():
+    args = [DeclareLaunchArgument(name, default_value=default, description=text)
+            for name, default, text in ARGUMENTS]
+    cfg = {name: LaunchConfiguration(name) for name, _, _ in ARGUMENTS}
+    params_file = PathJoinSubstitution([FindPackageShare("vla_ros"), "config", "robots",
+                                        [cfg["robot"], ".yaml"]])
+    node = LifecycleNode(
+        package="vla_ros", executable="policy_node", name="policy_node", namespace=cfg["namespace"],
+        output="screen",
+        parameters=[params_file, {"model.preset": cfg["model"], "model.checkpoint": cfg["checkpoint"],
+                                  "use_sim_time": cfg["use_sim_time"], "dry_run": cfg["dry_run"]}],
+        remappings=[("front/image_raw", cfg["camera_topic"]), ("joint_states", cfg["joint_states_topic"]),
+                    ("follow_joint_trajectory", cfg["trajectory_action"]),
+                    ("gripper_command", cfg["gripper_action"])],
+        arguments=["--ros-args", "--log-level", cfg["log_level"]],
+    )
+    configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                            transition_id=Transition.TRANSITION_CONFIGURE),
+                          condition=IfCondition(cfg["autostart"]))
+    activate = RegisterEventHandler(OnStateTransition(
+        target_lifecycle_node=node, goal_state="inactive",
+        entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                              transition_id=Transition.TRANSITION_ACTIVATE))]),
+        condition=IfCondition(cfg["autostart"]))
+    return LaunchDescription([*args, node, activate, configure])
