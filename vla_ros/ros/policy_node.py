@@ -75,7 +75,7 @@ class PolicyNode(LifecycleNode):
         self._lock = threading.RLock()
         self._active = False
         self._instruction = ""
-        self._images = {}              # camera -> (rgb array, receive time s)
+        self._images = {}              # camera -> (rgb array, receive time s, header stamp)
         self._unused_frame = {}        # camera -> True while the latest frame was not used yet
         self._dropped_frames = 0
         self._joint_pos = None         # configured joints, in order
@@ -274,7 +274,7 @@ class PolicyNode(LifecycleNode):
         with self._lock:
             if self._unused_frame.get(cam):
                 self._dropped_frames += 1
-            self._images[cam] = (rgb, self._now())
+            self._images[cam] = (rgb, self._now(), msg.header.stamp)
             self._unused_frame[cam] = True
         self.watchdog.feed(f"camera:{cam}", self._now())
         self._clear_once(f"stale:camera:{cam}")
@@ -474,11 +474,13 @@ class PolicyNode(LifecycleNode):
             for cam in self.cams:
                 images.append(self._images[cam][0])
                 self._unused_frame[cam] = False
+            # The observation's stamp: the newest camera frame's header stamp.
+            obs_stamp = max((self._images[c][2] for c in self.cams), key=lambda t: (t.sec, t.nanosec))
             state = self._state_vector()
             if state is None:
                 return
             req_id = self.queue.mark_request(tick)
-            self._request = (req_id, tick, images, self._instruction, state, self.get_clock().now().to_msg())
+            self._request = (req_id, tick, images, self._instruction, state, obs_stamp)
             self._inference_started = self._now()
         self._request_event.set()
 
