@@ -219,3 +219,34 @@ def test_invalid_parameter_stops_startup_with_a_message_naming_it(tmp_path, over
         out = proc.output()
     assert proc.proc.returncode != 0
     assert needle in out, out
+
+
+def test_lifecycle_transitions_configure_activate_deactivate(robot, tmp_path):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    args = ["--ros-args", "--params-file", str(PARAMS), "-p", "output.mode:=forward_position"]
+    with ros_process(executable("policy_node", *args), tmp_path / "lifecycle.log") as proc:
+        change = robot.node.create_client(ChangeState, "policy_node/change_state")
+        get = robot.node.create_client(GetState, "policy_node/get_state")
+        assert change.wait_for_service(timeout_sec=60) and get.wait_for_service(timeout_sec=60)
+        assert wait_future(get.call_async(GetState.Request())).current_state.label == "unconfigured"
+
+        def transition(tid):
+            return wait_future(change.call_async(ChangeState.Request(transition=Transition(id=tid)))).success
+
+        assert transition(Transition.TRANSITION_CONFIGURE)
+        instruct(robot, proc, "touch the red cube")
+        assert robot.counts()["fwd"] == 0  # configured but inactive: nothing is commanded
+        assert transition(Transition.TRANSITION_ACTIVATE)
+        wait_for(lambda: robot.counts()["fwd"] >= 10, what="commands once active", process=proc)
+        assert transition(Transition.TRANSITION_DEACTIVATE)
+        wait_for(lambda: "inactive: holding the arm" in proc.output(), process=proc)
+        n = robot.counts()["fwd"]
+        end = time.monotonic() + 1.0
+        wait_for(lambda: time.monotonic() > end, what="a pause")
+        n2 = robot.counts()["fwd"]
+        end = time.monotonic() + 0.5
+        wait_for(lambda: time.monotonic() > end, what="a second pause")
+        assert robot.counts()["fwd"] == n2 and n2 <= n + 40
+        assert wait_future(get.call_async(GetState.Request())).current_state.label == "inactive"
