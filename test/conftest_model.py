@@ -64,6 +64,22 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "pick", "up", "the", "red", "cube", "place", "in",
+              "bowl", "open", "drawer", "push", "button", "blue", "block", "##s", "a"]
+
+
+def make_tiny_bert(directory) -> None:
+    """A MiniLM-style BERT with tiny random weights + a BertTokenizer vocab, saved locally."""
+    import transformers
+
+    torch.manual_seed(0)
+    (directory / "vocab.txt").write_text("\n".join(BERT_VOCAB) + "\n")
+    transformers.BertTokenizer.from_pretrained(str(directory)).save_pretrained(str(directory))
+    cfg = transformers.BertConfig(vocab_size=len(BERT_VOCAB), hidden_size=24, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=48, max_position_embeddings=64)
+    transformers.BertModel(cfg).save_pretrained(str(directory))
+
+
 def seed_all(seed: int = 0) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)

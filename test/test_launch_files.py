@@ -22,7 +22,10 @@ def test_there_are_launch_files():
 def test_launch_file_nodes_name_installed_executables(path):
     tree = ast.parse(path.read_text(), filename=str(path))
     nodes = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, "id", "") in ("Node", "LifecycleNode")]
-    assert nodes, f"{path.name} starts no node"
+    included = [c.value for c in ast.walk(tree) if isinstance(c, ast.Constant) and str(c.value).endswith(".launch.py")]
+    assert nodes or included, f"{path.name} starts no node and includes no launch file"
+    for name in included:
+        assert (ROOT / "launch" / name).is_file(), f"{path.name} includes missing {name}"
     for call in nodes:
         kw = {k.arg: k.value for k in call.keywords}
         assert isinstance(kw.get("package"), ast.Constant) and kw["package"].value == "vla_ros"
@@ -41,6 +44,24 @@ def test_launch_arguments_have_defaults_and_sentences(path):
         assert text[0].isupper() and text.endswith("."), f"{name}: description should be a sentence: {text!r}"
 
 
-def test_robot_parameter_files_referenced_by_default_exist():
-    for name in ("sim_panda",):
-        assert (ROOT / "config" / "robots" / f"{name}.yaml").is_file()
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_robot_parameter_file_named_by_default_exists(path):
+    arguments = next(n.value for n in ast.parse(path.read_text()).body
+                     if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "ARGUMENTS")
+    robot = {name: default for name, default, _ in ast.literal_eval(arguments)}.get("robot")
+    assert robot and (ROOT / "config" / "robots" / f"{robot}.yaml").is_file(), robot
+
+
+ROBOTS = sorted(p.stem for p in (ROOT / "config" / "robots").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("robot", ROBOTS)
+def test_node_configures_with_each_robot_parameters_file_in_dry_run(robot, tmp_path):
+    """The parameters file passes the node's own validation: start it, see it configure."""
+    from ros_testing import executable, ros_process, wait_for
+
+    args = ["--ros-args", "--params-file", str(ROOT / "config" / "robots" / f"{robot}.yaml"),
+            "-p", "autostart:=true", "-p", "dry_run:=true"]
+    with ros_process(executable("policy_node", *args), tmp_path / f"{robot}.log") as proc:
+        wait_for(lambda: "active (dry run)" in proc.output(), what=f"{robot} configured and active", process=proc)
+        assert "configure failed" not in proc.output()

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest_model import batch_stats, make_batch, one_thread, seed_all, tiny_config  # noqa: F401
+from conftest_model import batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config  # noqa: F401
 from vla_ros.model import build_policy
 from vla_ros.model.compression import Int8WeightOnlyLinear, compare_outputs, distill, quantize_dynamic_int8
 
@@ -44,6 +44,23 @@ def test_int8_quantized_policy_runs_close_to_fp32(backend, fusion, head, tmp_pat
     with pytest.raises(ValueError, match="cannot save a quantized policy"):
         q.save(tmp_path / "q")
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("backend", ["auto", "weight_only"])
+def test_frozen_text_backbone_stays_float_unless_asked(tmp_path, backend):
+    """Its output is cached per instruction: int8 would cost accuracy and save no time."""
+    pytest.importorskip("transformers")
+    make_tiny_bert(tmp_path)
+    cfg = tiny_config(language_encoder="pretrained", language_model_path=str(tmp_path))
+    policy = build_policy(cfg).eval()
+    q = quantize_dynamic_int8(policy, backend=backend)
+    assert any(isinstance(m, nn.Linear) for m in q.language.backbone.modules())
+    assert not any(isinstance(m, nn.Linear) for part in (q.vision, q.fusion, q.head) for m in part.modules())
+    assert not isinstance(q.language.proj, nn.Linear) and not isinstance(q.language.pool_proj, nn.Linear)
+    q_all = quantize_dynamic_int8(policy, backend=backend, quantize_text_encoder=True)
+    assert not any(isinstance(m, nn.Linear) for m in q_all.modules())
+    batch = make_batch(cfg)
+    assert compare_outputs(policy, q_all, [batch])["max_abs_diff"] < 0.5
 
 
 def test_weight_only_linear_matches_float_linear():

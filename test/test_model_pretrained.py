@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_model import batch_stats, make_batch, one_thread, seed_all, tiny_config  # noqa: F401
+from conftest_model import batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config  # noqa: F401
 from vla_ros.model import build_policy, load_policy, make_generator
 from vla_ros.model.language import PretrainedTextEncoder
 
@@ -22,10 +22,6 @@ transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "pick", "up", "the", "red", "cube", "place", "in",
-         "bowl", "open", "drawer", "push", "button", "blue", "block", "##s", "a"]
-
 
 @pytest.fixture(scope="module")
 def tower_dirs(tmp_path_factory):
@@ -40,13 +36,8 @@ def tower_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory):
-    torch.manual_seed(0)
     d = tmp_path_factory.mktemp("bert")
-    (d / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    transformers.BertTokenizer.from_pretrained(str(d)).save_pretrained(str(d))
-    cfg = transformers.BertConfig(vocab_size=len(VOCAB), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=48, max_position_embeddings=64)
-    transformers.BertModel(cfg).save_pretrained(str(d))
+    make_tiny_bert(d)
     return d
 
 

@@ -184,8 +184,9 @@ class VLAConfig:
                     f"VLAConfig.unnormalized_names entry {name!r} is neither an action nor a state name "
                     f"(actions {self.action_names}, states {self.state_names})"
                 )
-        if not isinstance(self.use_state, bool):
-            fail("use_state", "must be a bool")
+        for n in ("use_state", "cnn_coord_channels", "freeze_vision_tower"):
+            if not isinstance(getattr(self, n), bool):
+                fail(n, "must be true or false")
         if self.use_state and self.state_dim == 0:
             fail("use_state", "needs state_names or state_dim > 0 (set use_state=false for no proprioception)")
 

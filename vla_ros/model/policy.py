@@ -176,7 +176,10 @@ class VLAPolicy(nn.Module):
         if missing:
             raise ValueError(f"batch is missing key(s) {missing}")
         dev = self.device
-        images = torch.as_tensor(batch["images"]).to(dev, torch.float32)
+        images = torch.as_tensor(batch["images"])
+        if images.dtype == torch.uint8:
+            raise ValueError("batch['images'] must be float in [0, 1], got uint8 (divide by 255)")
+        images = images.to(dev, torch.float32)
         self.check_images(images)
         B = images.shape[0]
         instructions = batch["instructions"]
@@ -207,8 +210,14 @@ class VLAPolicy(nn.Module):
         Plain eager path on the policy's device; the ROS node uses
         runtime.engine.InferenceEngine, which adds device/dtype handling and warm-up.
         """
-        if self.training:
-            self.eval()
+        was_training = self.training
+        self.eval()  # no dropout at inference; the mode is restored below
+        try:
+            return self._predict(observation, generator, seed)
+        finally:
+            self.train(was_training)
+
+    def _predict(self, observation: Observation, generator: torch.Generator | None, seed: int | None) -> ActionChunk:
         t0 = time.perf_counter()
         images = observation.images
         if isinstance(images, torch.Tensor):

@@ -16,12 +16,8 @@ reorder or conversion and always return a new contiguous array.
 
 from __future__ import annotations
 
+import cv2  # opencv-python-headless: JPEG/PNG codecs and grey conversion
 import numpy as np
-
-try:  # cv2 is only needed for compressed images and colour conversions
-    import cv2
-except ImportError:  # pragma: no cover - opencv-python-headless is a dependency
-    cv2 = None
 
 __all__ = [
     "ImageDecodeError",

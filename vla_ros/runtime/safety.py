@@ -274,7 +274,10 @@ class SafetyFilter:
             which case the acceleration bound is the one relaxed (and a reason says so).
         """
         try:
-            return self._filter_joint_target(target, current_position, previous_command, previous_velocity)
+            # Overflow with absurd inputs (1e308) is handled explicitly (non-finite
+            # results are rejected or clipped); don't spam warnings at the control rate.
+            with np.errstate(all="ignore"):
+                return self._filter_joint_target(target, current_position, previous_command, previous_velocity)
         except Exception as exc:  # pragma: no cover - last line of defence, never raise
             return _reject(f"internal error in safety filter: {exc!r}")
 
@@ -322,11 +325,17 @@ class SafetyFilter:
         lo = np.maximum.reduce([lo_v, lo_a, lo_b])
         hi = np.minimum.reduce([hi_v, hi_a, hi_b])
         # While braking at the limit, the braking bound equals v_prev - a_max*dt exactly
-        # in real arithmetic; rounding may leave lo a few ulp above hi. That is not an
-        # inconsistent state, so close the gap instead of relaxing a limit.
-        with np.errstate(invalid="ignore"):
+        # in real arithmetic; rounding (of positions accumulated over many ticks, then
+        # divided by dt) may leave lo slightly above hi. That is not an inconsistent
+        # state, so close the gap instead of relaxing a limit. The tolerance is
+        # 1e-12 relative in velocity plus 1e-12 * (1 + |ref|) in position per tick.
+        inside = (ref >= lim.lower) & (ref <= lim.upper)
+        with np.errstate(all="ignore"):
             scale = np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
-            rounding = (lo > hi) & (lo - hi <= 1e-12 * scale)
+            gap_tol = 1e-12 * scale + 1e-12 * (1.0 + np.abs(ref)) / dt
+            # Only a reference inside the limits can be on the braking boundary; for an
+            # absurd reference (1e306) this tolerance would be absurd too.
+            rounding = inside & (lo > hi) & (lo - hi <= gap_tol)
         if _any(rounding):
             mid = 0.5 * (lo + hi)
             lo = np.where(rounding, mid, lo)
@@ -340,11 +349,12 @@ class SafetyFilter:
             hi2 = np.minimum(hi_v, hi_b)
             lo = np.where(bad, lo2, lo)
             hi = np.where(bad, hi2, hi)
-            names = [lim.names[i] for i in np.flatnonzero(bad)]
-            reasons.append(
-                f"acceleration limit cannot be met from the previous state for {names}; "
-                "keeping position and velocity limits"
-            )
+            names = [lim.names[i] for i in np.flatnonzero(bad & (lo <= hi))]
+            if names:
+                reasons.append(
+                    f"acceleration limit cannot be met from the previous state for {names}; "
+                    "keeping position and velocity limits"
+                )
         # Still empty: the reference is outside the position limits by more than one
         # max-velocity step. Like ros2_control, only allow motion back towards the range.
         outside = lo > hi
@@ -357,6 +367,12 @@ class SafetyFilter:
             reasons.append(f"joints {names} are outside their position limits; only moving back")
 
         v = np.clip(v_des, lo, hi)
+        relaxed = bad | outside
+        if _any(relaxed):
+            # Where the acceleration bound had to go, violate it as little as possible:
+            # the velocity in the remaining interval closest to the acceleration interval.
+            v = np.where(relaxed, np.clip(np.clip(v_des, lo_a, hi_a), lo, hi), v)
+        v = np.clip(v, -vmax, vmax)  # the velocity limit is never relaxed
         limited = v != v_des
         if _any(limited):
             which = []
@@ -373,13 +389,15 @@ class SafetyFilter:
         # Joints that were not limited get the target exactly (no rounding through
         # (tgt - ref)/dt*dt), so "unchanged" commands compare equal to their target.
         cmd = np.where(limited, ref + v * dt, tgt)
-        inside = (ref >= lim.lower) & (ref <= lim.upper)
         # Remove rounding excursions past the limit (a few ulp), only where the
         # reference was inside; elsewhere clipping would be a jump.
         cmd = np.where(inside, np.clip(cmd, lim.lower, lim.upper), cmd)
         if not np.all(np.isfinite(cmd)):
             return _reject("rejected target: command would not be finite (unbounded limits)")
-        velocity = (cmd - ref) / dt
+        with np.errstate(all="ignore"):
+            velocity = (cmd - ref) / dt
+        if not np.all(np.isfinite(velocity)):  # pragma: no cover - needs |ref| ~ 1e308
+            return _reject("cannot compute a safe command: positions too large to difference")
         clamped = bool(_any(cmd != tgt_in))
         return SafetyResult(command=cmd, clamped=clamped, reasons=reasons, velocity=velocity)
 
@@ -409,9 +427,12 @@ class SafetyFilter:
             vel, _ = (None, None) if previous_velocity is None else _parse_vector(previous_velocity, n, "v")
             if vel is None:
                 return prev
-            v = np.sign(vel) * np.maximum(np.abs(vel) - self._dv, 0.0)
-            v = np.clip(v, -self._vmax, self._vmax)
-            cmd = prev + v * self.control_period
+            with np.errstate(all="ignore"):
+                v = np.sign(vel) * np.maximum(np.abs(vel) - self._dv, 0.0)
+                v = np.clip(v, -self._vmax, self._vmax)
+                cmd = prev + v * self.control_period
+            if not np.all(np.isfinite(cmd)):
+                return prev
             inside = (prev >= self.limits.lower) & (prev <= self.limits.upper)
             return np.where(inside, np.clip(cmd, self.limits.lower, self.limits.upper), prev)
         except Exception:  # pragma: no cover - never raise
