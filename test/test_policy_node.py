@@ -250,3 +250,16 @@ def test_lifecycle_transitions_configure_activate_deactivate(robot, tmp_path):
         wait_for(lambda: time.monotonic() > end, what="a second pause")
         assert robot.counts()["fwd"] == n2 and n2 <= n + 40
         assert wait_future(get.call_async(GetState.Request())).current_state.label == "inactive"
+
+
+def test_gripper_dimension_goes_through_the_gripper_command_action(robot, tmp_path):
+    with start_node(tmp_path, "gripper.enabled:=true", "output.mode:=forward_position") as proc:
+        wait_active(proc)
+        instruct(robot, proc, "pick up the red cube")
+        wait_for(lambda: robot.counts()["gripper"] >= 1 and robot.counts()["fwd"] >= 5,
+                 what="a GripperCommand goal and arm commands", process=proc)
+    with robot.lock:
+        goals = list(robot.gripper_goals)
+        arm = [m.data for m in robot.forward]
+    assert all(g.position in (0.04, 0.0) and g.max_effort == 20.0 for g in goals)
+    assert all(len(a) == 7 for a in arm)  # the gripper dimension never reaches the arm command

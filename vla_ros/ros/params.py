@@ -40,6 +40,9 @@ SPEC: dict[str, tuple[Parameter.Type, Any, str, dict]] = {
     "model.dtype": (Parameter.Type.STRING, "float32", "Inference precision; bfloat16/float16 autocast on GPU.",
                     {"choices": ("float32", "bfloat16", "float16")}),
     "model.compile": (Parameter.Type.BOOL, False, "torch.compile the model at configure time.", {}),
+    "model.threads": (Parameter.Type.INTEGER, 0,
+                      "CPU threads for torch (torch.set_num_threads); 0 keeps torch's default. 1 is often "
+                      "fastest on small shared boards.", {"range": (0, 256)}),
     "model.seed": (Parameter.Type.INTEGER, 0, "Seed for sampling decoders (flow matching).", {"range": (0, 2**31 - 1)}),
     # -- inputs --------------------------------------------------------------------------
     "cameras.names": (Parameter.Type.STRING_ARRAY, ["front"],

@@ -179,6 +179,9 @@ class PolicyNode(LifecycleNode):
         else:
             expected_names = self.joint_names + gripper
             expected_dim = len(expected_names)
+        if p["model.threads"] > 0:
+            import torch  # only to set the thread count; the model code lives in vla_ros.model
+            torch.set_num_threads(p["model.threads"])
         self.engine = load_engine(
             checkpoint=p["model.checkpoint"], preset=p["model.preset"], action_names=expected_names,
             action_dim=expected_dim, state_names=self.joint_names, camera_names=self.cams,
