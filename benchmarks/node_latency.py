@@ -42,8 +42,12 @@ def pct(values, q):
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
-def bare_predict(preset: str, n: int = 100):
+def bare_predict(preset: str, threads: int, n: int = 100):
+    import torch
+
     from vla_ros.runtime.policy_loader import load_engine
+    if threads:
+        torch.set_num_threads(threads)
     eng = load_engine("", preset, JOINTS, 7, JOINTS, ["front"], log=lambda *_: None)
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, size=(96, 96, 3), dtype=np.uint8)
@@ -56,11 +60,11 @@ def bare_predict(preset: str, n: int = 100):
     return times
 
 
-def run_node(rate: float, seconds: float, preset: str):
+def run_node(rate: float, seconds: float, preset: str, threads: int):
     exe = Path(sys.prefix) / "lib" / "vla_ros" / "policy_node"
     cmd = [str(exe), "--ros-args", "--params-file", str(ROOT / "config/robots/sim_panda.yaml"),
            "-p", "autostart:=true", "-p", "output.mode:=forward_position", "-p", f"control.rate:={rate}",
-           "-p", f"model.preset:={preset}", "-p", "joints.max_step:=10.0"]
+           "-p", f"model.preset:={preset}", "-p", "joints.max_step:=10.0", "-p", f"model.threads:={threads}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     node = rclpy.create_node(f"node_latency_bench_{int(rate)}")
     frames = {}          # stamp ns -> publish time (monotonic, s)
@@ -131,15 +135,19 @@ def main():
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--rates", type=float, nargs="+", default=[30.0, 100.0])
     p.add_argument("--preset", default="tiny")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads in the node and for the bare run (0: torch default). With 2 threads "
+                        "on a loaded 2-core machine, OpenMP contention makes timings swing by 50x.")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "node_latency.json"))
     args = p.parse_args()
-    bare = bare_predict(args.preset)  # before and after the node runs: the machine is shared
+    bare = bare_predict(args.preset, args.threads)  # before and after the node runs: the machine is shared
     rclpy.init()
-    rows = [run_node(rate, args.seconds, args.preset) for rate in args.rates]
+    rows = [run_node(rate, args.seconds, args.preset, args.threads) for rate in args.rates]
     rclpy.shutdown()
-    bare += bare_predict(args.preset)
+    bare += bare_predict(args.preset, args.threads)
     b50, b99 = pct(bare, 50), pct(bare, 99)
-    print(f"\npolicy_node end to end (preset {args.preset}, 96x96 rgb8 at 30 fps, CPU), bare infer(): "
+    print(f"\npolicy_node end to end (preset {args.preset}, 96x96 rgb8 at 30 fps, CPU, {args.threads} thread(s)), "
+          f"bare infer(): "
           f"p50 {b50:.1f} ms, p99 {b99:.1f} ms")
     print(f"{'rate':>6s} {'frame->chunk p50/p99 ms':>24s} {'frame->cmd p50/p99 ms':>22s} {'x bare p50':>10s} "
           f"{'period mean/std ms':>19s} {'|dev| p99 ms':>12s}")
