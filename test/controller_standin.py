@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 from control_msgs.action import FollowJointTrajectory, GripperCommand
-from geometry_msgs.msg import TwistStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -31,7 +31,9 @@ class RobotStandIn(SpinningNode):
         self.joints = list(joints)
         self.position = np.array(home, dtype=float)
         self.fjt_goals, self.gripper_goals = [], []
-        self.trajectories, self.forward, self.twists = [], [], []
+        self.trajectories, self.forward, self.twists, self.poses = [], [], [], []
+        self.ee_position = np.array([0.5, 0.0, 0.4])  # in panda_link0, inside the sim workspace
+        self.accept_fjt = True
         self.extra_joint_names = []        # published in /joint_states besides the arm's
         self.joint_state_override = None   # callable(msg) -> msg, to inject bad data
         self.publish_images = True
@@ -48,8 +50,11 @@ class RobotStandIn(SpinningNode):
         n.create_subscription(JointTrajectory, "joint_trajectory", self._rec(self.trajectories), 10)
         n.create_subscription(Float64MultiArray, "forward_position", self._rec(self.forward), 10)
         n.create_subscription(TwistStamped, "twist", self._rec(self.twists), 10)
+        n.create_subscription(PoseStamped, "pose_target", self._rec(self.poses), 10)
+        self.ee_pub = n.create_publisher(PoseStamped, "ee_pose", qos_profile_sensor_data)
         self.fjt_server = ActionServer(n, FollowJointTrajectory, "follow_joint_trajectory", self._fjt,
-                                       goal_callback=lambda g: GoalResponse.ACCEPT,
+                                       goal_callback=lambda g: GoalResponse.ACCEPT if self.accept_fjt
+                                       else GoalResponse.REJECT,
                                        cancel_callback=lambda h: CancelResponse.ACCEPT)
         self.gripper_server = ActionServer(n, GripperCommand, "gripper_command", self._gripper)
         n.create_timer(0.02, self._publish_joint_states)
@@ -87,6 +92,11 @@ class RobotStandIn(SpinningNode):
         with self.lock:
             msg.position = self.position.tolist() + [0.0] * len(self.extra_joint_names)
         msg.header.stamp = self.node.get_clock().now().to_msg()
+        pose = PoseStamped()
+        pose.header.stamp, pose.header.frame_id = msg.header.stamp, "panda_link0"
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = self.ee_position.tolist()
+        pose.pose.orientation.w = 1.0
+        self.ee_pub.publish(pose)
         if self.joint_state_override is not None:
             msg = self.joint_state_override(msg)
         self.js_pub.publish(msg)
@@ -103,4 +113,4 @@ class RobotStandIn(SpinningNode):
     def counts(self):
         with self.lock:
             return dict(fjt=len(self.fjt_goals), traj=len(self.trajectories), fwd=len(self.forward),
-                        twist=len(self.twists), gripper=len(self.gripper_goals))
+                        twist=len(self.twists), pose=len(self.poses), gripper=len(self.gripper_goals))

@@ -263,3 +263,48 @@ def test_gripper_dimension_goes_through_the_gripper_command_action(robot, tmp_pa
         arm = [m.data for m in robot.forward]
     assert all(g.position in (0.04, 0.0) and g.max_effort == 20.0 for g in goals)
     assert all(len(a) == 7 for a in arm)  # the gripper dimension never reaches the arm command
+
+
+def test_pose_output_mode_sends_targets_near_the_current_pose_inside_the_workspace(robot, tmp_path):
+    with start_node(tmp_path, "action_space:=ee_delta", "output.mode:=pose", "ee.max_linear_velocity:=0.3") as proc:
+        wait_active(proc)
+        instruct(robot, proc, "move to the green cube")
+        wait_for(lambda: robot.counts()["pose"] >= 10, what="10 pose targets", process=proc)
+    with robot.lock:
+        poses = list(robot.poses)
+    for ps in poses:
+        xyz = np.array([ps.pose.position.x, ps.pose.position.y, ps.pose.position.z])
+        q = np.array([ps.pose.orientation.w, ps.pose.orientation.x, ps.pose.orientation.y, ps.pose.orientation.z])
+        assert ps.header.frame_id == "panda_link0"
+        assert np.all(xyz >= [0.2, -0.5, 0.0]) and np.all(xyz <= [0.8, 0.5, 0.7])  # sim_panda workspace box
+        assert np.linalg.norm(xyz - robot.ee_position) <= 0.3 / 30.0 + 1e-9  # one period at the speed limit
+        assert abs(np.linalg.norm(q) - 1.0) < 1e-9
+
+
+def test_new_goal_preempts_the_running_goal(robot, tmp_path):
+    with start_node(tmp_path) as proc:
+        wait_active(proc)
+        client = ActionClient(robot.node, ExecuteInstruction, "policy_node/execute_instruction")
+        assert client.wait_for_server(timeout_sec=60)
+        first = wait_future(client.send_goal_async(ExecuteInstruction.Goal(instruction="push the red cube left")))
+        wait_for(lambda: robot.counts()["fjt"] >= 2, what="motion for the first goal", process=proc)
+        second = wait_future(client.send_goal_async(ExecuteInstruction.Goal(instruction="touch the blue cube",
+                                                                              max_steps=10)))
+        assert first.accepted and second.accepted
+        r1 = wait_future(first.get_result_async(), what="first result").result
+        r2 = wait_future(second.get_result_async(), what="second result").result
+        assert r1.outcome == ExecuteInstruction.Result.OUTCOME_PREEMPTED
+        assert r2.outcome == ExecuteInstruction.Result.OUTCOME_MAX_STEPS
+        client.destroy()
+
+
+def test_rejected_trajectory_goals_are_reported(robot, tmp_path):
+    robot.accept_fjt = False
+    statuses = []
+    robot.node.create_subscription(PolicyStatus, "policy_node/status", statuses.append, 10)
+    with start_node(tmp_path) as proc:
+        wait_active(proc)
+        instruct(robot, proc, "touch the red cube")
+        wait_for(lambda: "FollowJointTrajectory goal rejected by the controller" in proc.output(), process=proc)
+        wait_for(lambda: any("rejected" in s.last_error for s in statuses), what="status reports the rejection")
+        assert proc.output().count("goal rejected by the controller") == 1 and proc.alive()

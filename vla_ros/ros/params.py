@@ -15,7 +15,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.parameter import Parameter
 
 ACTION_SPACES = ("joint_position", "joint_delta", "ee_delta")
-OUTPUT_MODES = ("follow_joint_trajectory", "joint_trajectory", "forward_position", "twist")
+OUTPUT_MODES = ("follow_joint_trajectory", "joint_trajectory", "forward_position", "twist", "pose")
 ROTATIONS = ("axis_angle", "euler", "quaternion")
 TRANSPORTS = ("raw", "compressed")
 ENSEMBLE_MODES = ("ensemble", "latest")
@@ -73,7 +73,8 @@ SPEC: dict[str, tuple[Parameter.Type, Any, str, dict]] = {
                      {"choices": ACTION_SPACES}),
     "output.mode": (Parameter.Type.STRING, "follow_joint_trajectory",
                     "How commands are sent: follow_joint_trajectory (action), joint_trajectory (topic), "
-                    "forward_position (Float64MultiArray) or twist (TwistStamped, MoveIt Servo).",
+                    "forward_position (Float64MultiArray), twist (TwistStamped, MoveIt Servo) or pose "
+                    "(PoseStamped targets from the current ee_pose).",
                     {"choices": OUTPUT_MODES}),
     "output.trajectory_points": (Parameter.Type.INTEGER, 8,
                                  "Most points per FollowJointTrajectory goal (taken from the action queue).",
@@ -81,8 +82,10 @@ SPEC: dict[str, tuple[Parameter.Type, Any, str, dict]] = {
     "ee.frame": (Parameter.Type.STRING, "base_link", "Frame of end-effector actions and twist commands.", {}),
     "ee.rotation": (Parameter.Type.STRING, "axis_angle", "Rotation part of ee_delta actions.",
                     {"choices": ROTATIONS}),
-    "ee.max_linear_velocity": (Parameter.Type.DOUBLE, 0.25, "Twist linear speed limit (m/s).", {"range": (0.0, 10.0)}),
-    "ee.max_angular_velocity": (Parameter.Type.DOUBLE, 1.0, "Twist angular speed limit (rad/s).",
+    "ee.max_linear_velocity": (Parameter.Type.DOUBLE, 0.25,
+                               "End-effector speed limit (m/s): twist commands, and pose targets move at most "
+                               "this times the control period from the current pose.", {"range": (0.0, 10.0)}),
+    "ee.max_angular_velocity": (Parameter.Type.DOUBLE, 1.0, "End-effector angular speed limit (rad/s), as above.",
                                 {"range": (0.0, 50.0)}),
     "gripper.enabled": (Parameter.Type.BOOL, False,
                         "The last action dimension is the gripper, sent through the GripperCommand action.", {}),
@@ -186,10 +189,11 @@ def read(node) -> PolicyNodeParams:
     if any(lo >= hi for lo, hi in zip(v["workspace.min"], v["workspace.max"])):
         raise ParameterError(f"parameters 'workspace.min' {list(v['workspace.min'])} must be below "
                              f"'workspace.max' {list(v['workspace.max'])}")
-    if v["action_space"] == "ee_delta" and v["output.mode"] != "twist":
+    ee_modes = ("twist", "pose")
+    if v["action_space"] == "ee_delta" and v["output.mode"] not in ee_modes:
         raise ParameterError(f"parameter 'output.mode' is {v['output.mode']!r} but action_space 'ee_delta' "
-                             "needs output.mode 'twist'")
-    if v["action_space"] != "ee_delta" and v["output.mode"] == "twist":
-        raise ParameterError(f"parameter 'output.mode' is 'twist' but action_space is {v['action_space']!r}; "
-                             "twist output needs action_space 'ee_delta'")
+                             f"needs output.mode one of {list(ee_modes)}")
+    if v["action_space"] != "ee_delta" and v["output.mode"] in ee_modes:
+        raise ParameterError(f"parameter 'output.mode' is {v['output.mode']!r} but action_space is "
+                             f"{v['action_space']!r}; end-effector outputs need action_space 'ee_delta'")
     return PolicyNodeParams(v)

@@ -14,6 +14,7 @@ Topics, services and actions (relative names; remap them to the robot's):
               joint_trajectory (trajectory_msgs/JointTrajectory)   [output.mode joint_trajectory]
               forward_position (std_msgs/Float64MultiArray)        [output.mode forward_position]
               twist (geometry_msgs/TwistStamped)                    [output.mode twist]
+              pose_target (geometry_msgs/PoseStamped)               [output.mode pose; reads ee_pose]
   action srv  ~/execute_instruction (vla_ros/action/ExecuteInstruction)
   action cli  follow_joint_trajectory (control_msgs/action/FollowJointTrajectory) [follow_joint_trajectory]
               gripper_command (control_msgs/action/GripperCommand)  [gripper.enabled]
@@ -33,7 +34,7 @@ import rclpy
 from builtin_interfaces.msg import Time as TimeMsg
 from control_msgs.action import FollowJointTrajectory, GripperCommand
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import TwistStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.action import ActionClient, ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -52,7 +53,7 @@ from vla_ros.ros import params as P
 from vla_ros.ros.conversions import (JointStateMatcher, compressed_to_rgb, image_to_rgb,
                                      seconds_to_duration)
 from vla_ros.runtime.chunk_queue import ChunkQueue
-from vla_ros.runtime.ee import ROTATION_SIZES, delta_to_twist
+from vla_ros.runtime.ee import ROTATION_SIZES, compose_pose, delta_to_twist
 from vla_ros.runtime.images import ImageDecodeError
 from vla_ros.runtime.policy_loader import PolicyLoadError, load_engine
 from vla_ros.runtime.safety import EStop, JointLimits, SafetyFilter, WorkspaceBox
@@ -80,6 +81,7 @@ class PolicyNode(LifecycleNode):
         self._dropped_frames = 0
         self._joint_pos = None         # configured joints, in order
         self._joint_dict = {}          # every joint name -> position
+        self._ee_pose = None           # (xyz, quaternion wxyz, frame) from ee_pose
         self._success = False
         self._tick = 0
         self._steps = 0
@@ -200,6 +202,8 @@ class PolicyNode(LifecycleNode):
                                 refill_threshold=min(p["control.refill_threshold"], self.horizon - 1))
         timeouts = {f"camera:{c}": p["cameras.max_age"] for c in self.cams}
         timeouts["joint_states"] = p["joint_states.timeout"]
+        if p["output.mode"] == "pose":
+            timeouts["ee_pose"] = p["joint_states.timeout"]
         self.watchdog = Watchdog(timeouts)
         self.matcher = JointStateMatcher(self.joint_names)
 
@@ -226,13 +230,17 @@ class PolicyNode(LifecycleNode):
         self.status_pub = self.create_publisher(PolicyStatus, "~/status", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         mode = p["output.mode"]
-        self.traj_pub = self.fwd_pub = self.twist_pub = self.fjt_client = self.gripper_client = None
+        self.traj_pub = self.fwd_pub = self.twist_pub = self.pose_pub = self.fjt_client = self.gripper_client = None
         if mode == "joint_trajectory":
             self.traj_pub = self.create_publisher(JointTrajectory, "joint_trajectory", 10)
         elif mode == "forward_position":
             self.fwd_pub = self.create_publisher(Float64MultiArray, "forward_position", 10)
         elif mode == "twist":
             self.twist_pub = self.create_publisher(TwistStamped, "twist", 10)
+        elif mode == "pose":
+            self.pose_pub = self.create_publisher(PoseStamped, "pose_target", 10)
+            self.create_subscription(PoseStamped, "ee_pose", self._on_ee_pose, qos_profile_sensor_data,
+                                     callback_group=sensors)
         else:
             self.fjt_client = ActionClient(self, FollowJointTrajectory, "follow_joint_trajectory",
                                            callback_group=sensors)
@@ -327,6 +335,16 @@ class PolicyNode(LifecycleNode):
         with self._lock:
             self._joint_pos = pos
         self.watchdog.feed("joint_states", self._now())
+
+    def _on_ee_pose(self, msg: PoseStamped):
+        p, o = msg.pose.position, msg.pose.orientation
+        xyz, quat = np.array([p.x, p.y, p.z]), np.array([o.w, o.x, o.y, o.z])
+        if not (np.all(np.isfinite(xyz)) and np.all(np.isfinite(quat))):
+            self._log_once("nan_pose", "ee_pose has non-finite values; holding")
+            return
+        with self._lock:
+            self._ee_pose = (xyz, quat, msg.header.frame_id)
+        self.watchdog.feed("ee_pose", self._now())
 
     def _on_success(self, msg: Bool):
         if msg.data:
@@ -537,7 +555,10 @@ class PolicyNode(LifecycleNode):
             if res.command is None:
                 self._enter_hold("unsafe twist: " + "; ".join(res.reasons))
                 return
-            self._publish_twist(res.command[:3], res.command[3:])
+            if self.p["output.mode"] == "twist":
+                self._publish_twist(res.command[:3], res.command[3:])
+            else:
+                self._command_pose(res.command[:3] * self.period, res.command[3:] * self.period)
             return
         with self._lock:
             current = self._joint_pos
@@ -555,6 +576,27 @@ class PolicyNode(LifecycleNode):
                            "info")
         self._prev_vel, self._prev_cmd = res.velocity, res.command
         self._send_joint_command(res.command, tick, current)
+
+    def _command_pose(self, translation: np.ndarray, rotvec: np.ndarray):
+        """Send current pose + the (speed-limited) delta as a PoseStamped target in the workspace."""
+        with self._lock:
+            pose = self._ee_pose
+        if pose is None:
+            self._enter_hold("no end-effector pose on ee_pose")
+            return
+        xyz, quat, frame = pose
+        target, target_q, _ = compose_pose(xyz, quat, np.concatenate([translation, rotvec]), "axis_angle")
+        res = self.safety.filter_ee_target(target, target_q, frame=frame or None)
+        if res.command is None:
+            self._enter_hold("unsafe pose target: " + "; ".join(res.reasons))
+            return
+        msg = PoseStamped()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self.p["ee.frame"]
+        c = [float(v) for v in res.command]
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = c[:3]
+        msg.pose.orientation.w, msg.pose.orientation.x, msg.pose.orientation.y, msg.pose.orientation.z = c[3:]
+        self.pose_pub.publish(msg)
 
     def _send_joint_command(self, cmd: np.ndarray, tick: int, current: np.ndarray):
         mode = self.p["output.mode"]
@@ -615,7 +657,7 @@ class PolicyNode(LifecycleNode):
         handle = future.result()
         if not handle.accepted:
             self._last_error = "FollowJointTrajectory goal rejected by the controller"
-            self._log_once("fjt_rejected", self._last_error + "; holding", "error")
+            self._log_once("fjt_rejected", self._last_error + " (is it active? the next chunk is sent as a new goal)", "error")
             return
         self._clear_once("fjt_rejected")
         self._fjt_goal = handle
@@ -669,7 +711,7 @@ class PolicyNode(LifecycleNode):
 
     def _continue_hold(self):
         """While holding in topic modes, decelerate from the last command until at rest."""
-        if self.p["dry_run"] or self._prev_cmd is None or self.p["output.mode"] in ("twist", "follow_joint_trajectory"):
+        if self.p["dry_run"] or self._prev_cmd is None or self.p["output.mode"] in ("twist", "pose", "follow_joint_trajectory"):
             return
         if self._prev_vel is None or not np.any(np.abs(self._prev_vel) > 1e-9):
             return
@@ -686,6 +728,8 @@ class PolicyNode(LifecycleNode):
         if mode == "twist":
             self._publish_twist([0.0] * 3, [0.0] * 3)
             return
+        if mode == "pose":
+            return  # no new target: the arm stays at its last one
         if mode == "follow_joint_trajectory" and self._prev_cmd is not None:
             # A braking trajectory from the last command, within the acceleration limits.
             with self._lock:
