@@ -53,6 +53,7 @@ from vla_ros.ros import params as P
 from vla_ros.ros.conversions import (JointStateMatcher, compressed_to_rgb, image_to_rgb,
                                      seconds_to_duration)
 from vla_ros.runtime.chunk_queue import ChunkQueue
+from vla_ros.runtime.commander import JointCommander
 from vla_ros.runtime.ee import ROTATION_SIZES, compose_pose, delta_to_twist
 from vla_ros.runtime.images import ImageDecodeError
 from vla_ros.runtime.policy_loader import PolicyLoadError, load_engine
@@ -87,8 +88,7 @@ class PolicyNode(LifecycleNode):
         self._steps = 0
         self._holding_reason = "no instruction"
         self._last_error = ""
-        self._prev_cmd = None
-        self._prev_vel = None
+        self.commander = None          # JointCommander: actions -> safe joint commands
         self._latencies = deque(maxlen=200)
         self._inference_count = 0
         self._inference_started = None
@@ -197,6 +197,8 @@ class PolicyNode(LifecycleNode):
         self.safety = SafetyFilter(limits, self.period, max_step=p["joints.max_step"] or None,
                                    workspace=WorkspaceBox(p["ee.frame"], np.array(p["workspace.min"]),
                                                           np.array(p["workspace.max"])))
+        self.commander = (JointCommander(self.safety, p["action_space"]) if p["action_space"] != "ee_delta"
+                          else None)
         self.queue = ChunkQueue(self.horizon, self.dim, mode=p["control.ensemble"],
                                 ensemble_decay=p["control.ensemble_decay"],
                                 refill_threshold=min(p["control.refill_threshold"], self.horizon - 1))
@@ -544,7 +546,6 @@ class PolicyNode(LifecycleNode):
 
     # ---------------------------------------------------------------- outputs
     def _command(self, action: np.ndarray, tick: int):
-        n = len(self.joint_names)
         if self.p["gripper.enabled"]:
             self._command_gripper(float(action[-1]))
         if self.p["action_space"] == "ee_delta":
@@ -565,16 +566,13 @@ class PolicyNode(LifecycleNode):
         if current is None:
             self._enter_hold("no joint positions")
             return
-        reference = self._prev_cmd if self._prev_cmd is not None else current
-        target = action[:n] if self.p["action_space"] == "joint_position" else reference + action[:n]
-        res = self.safety.filter_joint_target(target, current, self._prev_cmd, self._prev_vel)
+        res = self.commander.step(action, current)
         if res.command is None:
             self._enter_hold("unsafe command rejected: " + "; ".join(res.reasons))
             return
         if res.clamped:
             self._log_once("clamped", "commands are being clamped to the robot's limits: " + "; ".join(res.reasons),
                            "info")
-        self._prev_vel, self._prev_cmd = res.velocity, res.command
         self._send_joint_command(res.command, tick, current)
 
     def _command_pose(self, translation: np.ndarray, rotvec: np.ndarray):
@@ -626,21 +624,15 @@ class PolicyNode(LifecycleNode):
         ticks_left = self._fjt_sent_tick + self.p["output.trajectory_points"] - tick
         if self._chunks_added == self._fjt_sent_chunk and ticks_left > 2:
             return
-        points, prev, vel = [cmd], cmd, self._prev_vel
         with self._lock:
             current = self._joint_pos
+        ahead = []
         for k in range(1, self.p["output.trajectory_points"]):
             a = self.queue.peek(tick + k)
             if a is None:
                 break
-            n = len(self.joint_names)
-            target = a[:n] if self.p["action_space"] == "joint_position" else prev + a[:n]
-            res = self.safety.filter_joint_target(target, current, prev, vel)
-            if res.command is None:
-                break
-            points.append(res.command)
-            prev, vel = res.command, res.velocity
-        self._send_fjt_points(points)
+            ahead.append(a)
+        self._send_fjt_points(self.commander.preview(cmd, ahead, current))
         self._fjt_sent_chunk, self._fjt_sent_tick = self._chunks_added, tick
 
     def _send_fjt_points(self, points):
@@ -711,17 +703,13 @@ class PolicyNode(LifecycleNode):
 
     def _continue_hold(self):
         """While holding in topic modes, decelerate from the last command until at rest."""
-        if self.p["dry_run"] or self._prev_cmd is None or self.p["output.mode"] in ("twist", "pose", "follow_joint_trajectory"):
-            return
-        if self._prev_vel is None or not np.any(np.abs(self._prev_vel) > 1e-9):
+        if self.p["dry_run"] or self.commander is None or self.p["output.mode"] == "follow_joint_trajectory":
             return
         with self._lock:
             current = self._joint_pos
-        cmd = self.safety.hold_command(current, self._prev_cmd, self._prev_vel)
-        if cmd is None:
-            return
-        self._prev_vel, self._prev_cmd = (cmd - self._prev_cmd) / self.period, cmd
-        self._send_joint_command(cmd, self._tick, current)
+        cmd = self.commander.hold_step(current)
+        if cmd is not None:
+            self._send_joint_command(cmd, self._tick, current)
 
     def _send_hold(self):
         mode = self.p["output.mode"]
@@ -730,22 +718,13 @@ class PolicyNode(LifecycleNode):
             return
         if mode == "pose":
             return  # no new target: the arm stays at its last one
-        if mode == "follow_joint_trajectory" and self._prev_cmd is not None:
+        if mode == "follow_joint_trajectory" and self.commander is not None:
             # A braking trajectory from the last command, within the acceleration limits.
             with self._lock:
                 current = self._joint_pos
-            points, prev, vel = [], self._prev_cmd, self._prev_vel
-            for _ in range(200):
-                cmd = self.safety.hold_command(current, prev, vel)
-                if cmd is None:
-                    break
-                points.append(cmd)
-                vel, prev = (cmd - prev) / self.period, cmd
-                if not np.any(np.abs(vel) > 1e-9):
-                    break
+            points = self.commander.brake(current)
             if points:
                 self._send_fjt_points(points)
-            self._prev_vel = None
             self._fjt_sent_chunk = -1
 
     # ---------------------------------------------------------------- telemetry
