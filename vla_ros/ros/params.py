@@ -97,7 +97,9 @@ SPEC: dict[str, tuple[Parameter.Type, Any, str, dict]] = {
     # -- control -------------------------------------------------------------------------
     "control.rate": (Parameter.Type.DOUBLE, 30.0, "Control loop rate (Hz): one action per tick.", {"range": (1.0, 1000.0)}),
     "control.refill_threshold": (Parameter.Type.INTEGER, 4,
-                                 "Request a new chunk when this many actions or fewer are left.", {"range": (0, 1000)}),
+                                 "Request a new chunk when this many actions or fewer are left; keep it at least the "
+                                 "inference latency in control ticks (plus margin), or the queue runs dry.",
+                                 {"range": (0, 1000)}),
     "control.ensemble": (Parameter.Type.STRING, "ensemble",
                          "Blend overlapping chunks (ensemble, ACT temporal ensembling) or use the latest only.",
                          {"choices": ENSEMBLE_MODES}),
