@@ -32,21 +32,28 @@ ARGUMENTS = [
     ("log_level", "info", "Log level of the policy node (debug, info, warn, error)."),
 ]
 
+# The node's action clients and the launch arguments that name the robot's action servers.
+ACTIONS = (("follow_joint_trajectory", "trajectory_action"), ("gripper_command", "gripper_action"))
+
 
 def generate_launch_description():
     args = [DeclareLaunchArgument(name, default_value=default, description=text)
             for name, default, text in ARGUMENTS]
     cfg = {name: LaunchConfiguration(name) for name, _, _ in ARGUMENTS}
-    params_file = PathJoinSubstitution([FindPackageShare("vla_ros"), "config", "robots",
-                                        [cfg["robot"], ".yaml"]])
+    # PathJoinSubstitution takes no nested list as one path part (Jazzy): join the suffix outside.
+    params_file = [PathJoinSubstitution([FindPackageShare("vla_ros"), "config", "robots", cfg["robot"]]), ".yaml"]
     node = LifecycleNode(
         package="vla_ros", executable="policy_node", name="policy_node", namespace=cfg["namespace"],
         output="screen",
         parameters=[params_file, {"model.preset": cfg["model"], "model.checkpoint": cfg["checkpoint"],
                                   "use_sim_time": cfg["use_sim_time"], "dry_run": cfg["dry_run"]}],
+        # Jazzy's rcl does not remap action names (ros2/ros2#1312; ros2/rcl#1170 came later), so the
+        # action's own topics and services are remapped as well; newer distros honour either rule.
         remappings=[("front/image_raw", cfg["camera_topic"]), ("joint_states", cfg["joint_states_topic"]),
-                    ("follow_joint_trajectory", cfg["trajectory_action"]),
-                    ("gripper_command", cfg["gripper_action"])],
+                    *[(name, cfg[arg]) for name, arg in ACTIONS],
+                    *[(f"{name}/_action/{part}", [cfg[arg], f"/_action/{part}"])
+                      for name, arg in ACTIONS
+                      for part in ("send_goal", "cancel_goal", "get_result", "feedback", "status")]],
         arguments=["--ros-args", "--log-level", cfg["log_level"]],
     )
     configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),

@@ -19,11 +19,12 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 log() { printf '[setup] %s\n' "$*"; }
 
 inputs_hash() {
-  # Everything the environment is made from: change one and setup runs again.
+  # Everything the environment is made from (launch/ and config/ are installed into
+  # .venv/share/vla_ros): change one and setup runs again.
   (cd "$ROOT" && cat requirements/*.txt scripts/setup_dev.sh scripts/executables.txt \
       scripts/executable.py.in CMakeLists.txt package.xml setup.py msg/* action/* \
       test/control_msgs/CMakeLists.txt test/control_msgs/package.xml test/control_msgs/msg/* \
-      test/control_msgs/action/* && "$PY_BOOT" --version) | sha256sum | cut -d' ' -f1
+      test/control_msgs/action/* launch/* config/*.xml config/*/* && "$PY_BOOT" --version) | sha256sum | cut -d' ' -f1
 }
 
 HASH="$(inputs_hash)"

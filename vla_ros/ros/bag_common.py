@@ -1,0 +1,75 @@
+"""What the recorder and player nodes share: message classes by type name, QoS, parameters."""
+from __future__ import annotations
+
+import importlib
+import signal
+import threading
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterValueException,
+                               ParameterUninitializedException)
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+QUEUE_DEPTH = 100
+PARAM_ERRORS = (InvalidParameterTypeException, InvalidParameterValueException)
+
+
+def string_array(node, name: str) -> list:
+    """A string-array parameter declared without a default: [] when not set."""
+    try:
+        return [s for s in (node.get_parameter(name).value or []) if s]
+    except ParameterUninitializedException:
+        return []
+
+
+def message_class(msgtype: str):
+    """The Python message class of "pkg/msg/Type" (rosidl_runtime_py when available)."""
+    try:
+        from rosidl_runtime_py.utilities import get_message
+    except ImportError:
+        get_message = None
+    if get_message is not None:
+        return get_message(msgtype)
+    parts = msgtype.split("/")
+    if len(parts) == 2:
+        parts = [parts[0], "msg", parts[1]]
+    if len(parts) != 3:
+        raise ValueError(f"invalid message type {msgtype!r}")
+    try:
+        return getattr(importlib.import_module(f"{parts[0]}.{parts[1]}"), parts[2])
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"message type {msgtype} is not installed: {exc}") from None
+
+
+def qos(reliability: str, durability: str, depth: int = QUEUE_DEPTH) -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                      else ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if durability == "transient_local"
+                      else DurabilityPolicy.VOLATILE)
+
+
+def descriptor(description: str, *, float_range=None, int_range=None, read_only=False) -> ParameterDescriptor:
+    d = ParameterDescriptor(description=description, read_only=read_only)
+    if float_range is not None:
+        d.floating_point_range = [FloatingPointRange(from_value=float(float_range[0]), to_value=float(float_range[1]))]
+    if int_range is not None:
+        d.integer_range = [IntegerRange(from_value=int(int_range[0]), to_value=int(int_range[1]), step=1)]
+    return d
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set an event instead of tearing the context down under us."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.signum = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        self.event.set()
+
+    def __bool__(self):
+        return self.event.is_set()

@@ -1,0 +1,204 @@
+"""Play a rosbag2 bag (MCAP or sqlite3; ours or `ros2 bag record`'s) into the live graph.
+
+Messages are published as they were recorded, serialized (raw CDR, never deserialized),
+at their recorded timing scaled by `rate`, with the QoS their recorded publishers offered
+(best-effort when any was; transient local when all were). Topic remapping works as for
+any node (--ros-args -r /camera/image_raw:=/cam0/image_raw).
+
+Parameters:
+  bag                  string    bag directory (or its storage file)
+  rate                 double    playback speed factor (2.0: twice as fast)
+  start_offset         double    seconds into the bag to start at
+  loop                 bool      start over at the end, until SIGINT
+  topics               string[]  topics to play; empty: all
+  publish_clock        bool      publish rosgraph_msgs/Clock on /clock from the bag time (40 Hz and
+                                 before each message), for nodes with use_sim_time
+  wait_for_subscribers int       wait until every played topic has at least this many subscribers
+
+Exits 0 at the end of the bag (or on SIGINT/SIGTERM), 2 on invalid parameters or an unreadable bag.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.signals import SignalHandlerOptions
+from rclpy.time import Time
+from rosgraph_msgs.msg import Clock
+
+from vla_ros.data.bags import BagError, BagReader
+from vla_ros.ros.bag_common import PARAM_ERRORS, StopSignal, descriptor, message_class, qos, string_array
+
+CLOCK_PERIOD = 0.025   # s of wall time between /clock messages while waiting for the next message
+ACK_TIMEOUT = 5.0      # s to wait at the end for reliable subscribers to acknowledge everything
+
+
+class PlayerNode(Node):
+    """Publishers for the bag's topics and a play loop (`play`, run by main())."""
+
+    def __init__(self, stop: threading.Event, **kwargs):
+        super().__init__("player_node", **kwargs)
+        self.stop = stop
+        self.declare_parameter("bag", "", descriptor("Bag directory (or its storage file).", read_only=True))
+        self.declare_parameter("rate", 1.0, descriptor("Playback speed factor.", float_range=(0.001, 1000.0)))
+        self.declare_parameter("start_offset", 0.0, descriptor("Seconds into the bag to start at.",
+                                                               float_range=(0.0, 1e9)))
+        self.declare_parameter("loop", False, descriptor("Play the bag again and again until SIGINT."))
+        self.declare_parameter("topics", Parameter.Type.STRING_ARRAY, ParameterDescriptor(
+            description="Topics to play (as recorded); empty: all.", read_only=True))
+        self.declare_parameter("publish_clock", False, descriptor(
+            "Publish rosgraph_msgs/Clock on /clock from the bag time."))
+        self.declare_parameter("wait_for_subscribers", 0, descriptor(
+            "Wait until each played topic has at least this many subscribers before starting.",
+            int_range=(0, 1000)))
+        path = self.get_parameter("bag").value
+        if not path:
+            raise ValueError("parameter 'bag' is empty: give the bag directory to play")
+        self.rate = self.get_parameter("rate").value
+        self.loop = self.get_parameter("loop").value
+        self.min_subs = self.get_parameter("wait_for_subscribers").value
+        self.reader = BagReader(path)
+        wanted = string_array(self, "topics")
+        unknown = [t for t in wanted if t not in self.reader.topics]
+        if unknown:
+            self.reader.close()
+            raise BagError(f"bag {self.reader.path} has no topic(s) {unknown}; it has {sorted(self.reader.topics)}")
+        self.topics = wanted or sorted(self.reader.topics)
+        self.start = self.reader.start_time + int(round(self.get_parameter("start_offset").value * 1e9))
+        self.pubs = {}
+        for topic in self.topics:
+            info = self.reader.topics[topic]
+            try:
+                cls = message_class(info.msgtype)
+            except ValueError as exc:
+                self.reader.close()
+                raise BagError(f"cannot play {topic}: {exc}") from None
+            self.pubs[topic] = self.create_publisher(cls, topic, qos(info.reliability, info.durability))
+        self.clock_pub = (self.create_publisher(Clock, "/clock", qos("reliable", "volatile", 10))
+                          if self.get_parameter("publish_clock").value else None)
+        count = sum(self.reader.topics[t].count for t in self.topics)
+        duration = max(self.reader.end_time - self.start, 0) / 1e9
+        self.get_logger().info(
+            f"playing {self.reader.path} ({self.reader.storage}): {count} messages on {len(self.topics)} topic(s), "
+            f"{duration:.2f} s at rate {self.rate:g}{' (loop)' if self.loop else ''}"
+            f"{', publishing /clock' if self.clock_pub else ''}")
+        for topic in self.topics:
+            info = self.reader.topics[topic]
+            self.get_logger().info(f"  {topic} ({info.msgtype}, {info.count} messages, {info.reliability}, "
+                                   f"{info.durability})")
+        self.published = 0
+        self._clock_ns = None
+
+    def _publish_clock(self, bag_ns: int):
+        """Publish the bag time on /clock; it never goes backwards within a pass."""
+        if self.clock_pub is not None and (self._clock_ns is None or bag_ns > self._clock_ns):
+            self._clock_ns = bag_ns
+            self.clock_pub.publish(Clock(clock=Time(nanoseconds=bag_ns).to_msg()))
+
+    def _wait_for_subscribers(self) -> bool:
+        if self.min_subs <= 0:
+            return True
+        logged = False
+        while not self.stop.is_set():
+            short = [t for t, p in self.pubs.items() if p.get_subscription_count() < self.min_subs]
+            if not short:
+                return True
+            if not logged:
+                self.get_logger().info(f"waiting for {self.min_subs} subscriber(s) on {', '.join(short)}")
+                logged = True
+            self.stop.wait(0.02)
+        return False
+
+    def _play_once(self) -> bool:
+        """One pass over the bag; False when stopped."""
+        wall0 = time.monotonic()
+        last_clock = None
+        self._clock_ns = None   # a new pass (loop) starts the clock over at the bag's start
+        for msg in self.reader.messages(self.topics, start=self.start):
+            due = wall0 + (msg.timestamp - self.start) / 1e9 / self.rate
+            while True:
+                now = time.monotonic()
+                if self.clock_pub is not None and (last_clock is None or now - last_clock >= CLOCK_PERIOD):
+                    self._publish_clock(self.start + int((now - wall0) * self.rate * 1e9))
+                    last_clock = now
+                left = due - now
+                if left <= 0:
+                    break
+                if self.stop.wait(min(left, CLOCK_PERIOD) if self.clock_pub is not None else left):
+                    return False
+            if self.stop.is_set():
+                return False
+            self._publish_clock(msg.timestamp)
+            self.pubs[msg.topic].publish(msg.data)
+            self.published += 1
+        return True
+
+    def play(self) -> None:
+        if not self._wait_for_subscribers():
+            return
+        passes = 0
+        while not self.stop.is_set():
+            done = self._play_once()
+            passes += 1
+            if not done or not self.loop:
+                break
+            self.get_logger().info(f"end of bag (pass {passes}), starting over")
+        for topic, pub in self.pubs.items():   # let reliable subscribers receive the last messages
+            if self.reader.topics[topic].reliability == "reliable":
+                pub.wait_for_all_acked(Duration(seconds=ACK_TIMEOUT))
+        self.get_logger().info(f"{'stopped' if self.stop.is_set() else 'done'}: published {self.published} "
+                               f"messages")
+
+    def close(self):
+        self.reader.close()
+
+
+def main(args=None, parameter_overrides=None) -> int:
+    """Play the bag; exit 0 at its end (or on SIGINT/SIGTERM), 2 when it cannot be played."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = StopSignal()
+    try:
+        node = PlayerNode(stop.event, parameter_overrides=parameter_overrides or [])
+    except (ValueError, *PARAM_ERRORS) as exc:   # BagError is a ValueError
+        print(f"[player_node] {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spinner = threading.Thread(target=_spin, args=(executor, stop.event), daemon=True)
+    spinner.start()
+    code = 0
+    try:
+        node.play()
+    except BagError as exc:
+        node.get_logger().error(str(exc))
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        stop.event.set()
+        spinner.join(timeout=2.0)
+        node.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+def _spin(executor, stop: threading.Event):
+    while not stop.is_set():
+        try:
+            executor.spin_once(timeout_sec=0.05)
+        except Exception:  # context shut down under us at exit
+            if not stop.is_set():
+                raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
