@@ -479,10 +479,10 @@ class PolicyNode(LifecycleNode):
         action = self.queue.pop(tick)
         self._tick += 1
         if action is None:
-            self._log_once("dry", "action queue ran dry (inference slower than one chunk): holding", "warning")
+            self.get_logger().warning("action queue ran dry (inference slower than one chunk, or a coarse /clock): "
+                                      "holding", throttle_duration_sec=5.0)
             self._continue_hold()
             return
-        self._clear_once("dry")
         if self._holding_reason:
             self.get_logger().info(f"running '{self._instruction}' (was holding: {self._holding_reason})")
             self._holding_reason = ""
