@@ -308,3 +308,28 @@ def test_rejected_trajectory_goals_are_reported(robot, tmp_path):
         wait_for(lambda: "FollowJointTrajectory goal rejected by the controller" in proc.output(), process=proc)
         wait_for(lambda: any("rejected" in s.last_error for s in statuses), what="status reports the rejection")
         assert proc.output().count("goal rejected by the controller") == 1 and proc.alive()
+
+
+def test_nan_joint_states_make_the_node_hold_and_log_once(robot, tmp_path):
+    with start_node(tmp_path, "output.mode:=forward_position") as proc:
+        wait_active(proc)
+        instruct(robot, proc, "touch the red cube")
+        wait_for(lambda: robot.counts()["fwd"] >= 5, what="commands", process=proc)
+
+        def nan_positions(msg):
+            msg.position = [float("nan")] * len(msg.position)
+            return msg
+        robot.joint_state_override = nan_positions
+        wait_for(lambda: "holding the arm: stale input: joint_states" in proc.output(), what="hold", process=proc)
+        n = robot.counts()["fwd"]
+        end = time.monotonic() + 1.0
+        wait_for(lambda: time.monotonic() > end, what="a pause")
+        n2 = robot.counts()["fwd"]
+        end = time.monotonic() + 0.5
+        wait_for(lambda: time.monotonic() > end, what="a second pause")
+        assert robot.counts()["fwd"] == n2 <= n + 40  # braking ramp at most, then nothing
+        with robot.lock:
+            assert all(np.all(np.isfinite(m.data)) for m in robot.forward)
+        robot.joint_state_override = None
+        wait_for(lambda: robot.counts()["fwd"] > n2, what="resumes with finite joint states", process=proc)
+        assert proc.output().count("non-finite positions") == 1
