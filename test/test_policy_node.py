@@ -1,4 +1,5 @@
 """The policy node in its own process, over real DDS, against a test-side robot stand-in."""
+import re
 import time
 
 import numpy as np
@@ -132,19 +133,21 @@ def test_stale_images_make_the_node_hold_within_one_watchdog_period(robot, tmp_p
         instruct(robot, proc, "touch the red cube")
         wait_for(lambda: robot.counts()["fwd"] >= 10, what="commands", process=proc)
         robot.publish_images = False
-        stopped = time.monotonic()
         wait_for(lambda: "holding the arm: stale input: camera:front" in proc.output(), what="hold", process=proc)
-        held_after = time.monotonic() - stopped
-        n = robot.counts()["fwd"]
+        # The node's own clock says how old the last image was when it held: past max_age
+        # (0.3 s) and within one more watchdog period (typically one 33 ms tick). Measured in
+        # the node, so the test process's scheduling does not enter into it.
+        age = float(re.search(r"camera:front ([0-9.]+) s ago", proc.output()).group(1))
+        assert 0.3 < age < 0.6, f"held when the last image was {age:.3f} s old"
         wait_for(lambda: any(s.state == PolicyStatus.STATE_HOLDING for s in statuses), what="HOLDING status")
+        n = robot.counts()["fwd"]
         # Commands stop (after the deceleration ramp): nothing new within a further 0.5 s.
-        wait_for(lambda: time.monotonic() > stopped + held_after + 0.5, what="a pause")
+        end = time.monotonic() + 1.0
+        wait_for(lambda: time.monotonic() > end, what="a pause")
         n2 = robot.counts()["fwd"]
         end = time.monotonic() + 0.5
         wait_for(lambda: time.monotonic() > end, what="a second pause")
-        assert robot.counts()["fwd"] == n2
-        # Detected within one watchdog period (0.3 s) plus one control tick and DDS delivery.
-        assert held_after < 0.3 + 0.5, f"held {held_after:.2f} s after the last image"
+        assert robot.counts()["fwd"] == n2 <= n + 40
         robot.publish_images = True
         wait_for(lambda: robot.counts()["fwd"] > n2, what="resumes when images return", process=proc)
 

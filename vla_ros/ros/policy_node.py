@@ -470,7 +470,12 @@ class PolicyNode(LifecycleNode):
         with self._lock:
             reason = self._hold_reason(now)
         if reason is not None:
-            self._enter_hold(reason)
+            detail = ""
+            if reason.startswith("stale input") and reason != self._holding_reason:
+                ages = {n: self.watchdog.age(n, now) for n in self.watchdog.stale(now)}
+                detail = " (last received " + ", ".join(
+                    f"{n} {a:.3f} s ago" if a is not None else f"{n} never" for n, a in ages.items()) + ")"
+            self._enter_hold(reason, detail)
             self._continue_hold()
             return
         tick = self._tick
@@ -685,14 +690,14 @@ class PolicyNode(LifecycleNode):
         self.twist_pub.publish(msg)
 
     # ---------------------------------------------------------------- holding
-    def _enter_hold(self, reason: str):
+    def _enter_hold(self, reason: str, detail: str = ""):
         """Stop acting on the policy: clear the queue and bring the arm to rest."""
         if reason == self._holding_reason:
             return
         first = not self._holding_reason
         self._holding_reason = reason
         if reason not in ("no instruction", "inactive"):
-            self.get_logger().warning(f"holding the arm: {reason}")
+            self.get_logger().warning(f"holding the arm: {reason}{detail}")
             if reason.startswith(("unsafe", "stale", "inference")):
                 self._last_error = reason
         with self._lock:
