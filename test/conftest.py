@@ -38,10 +38,14 @@ def pytest_sessionstart(session):
 
 
 def _shm_in_use():
-    """/dev/shm paths some live process has open or mapped (another session's nodes)."""
+    """/dev/shm paths another live process has open or mapped (another session's nodes).
+
+    This process is left out: Fast DDS keeps its shared-memory ports mapped until the
+    process exits, and the session is ending.
+    """
     used = set()
     for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+        if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             with open(f"/proc/{pid}/maps") as f:
