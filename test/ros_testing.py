@@ -128,6 +128,24 @@ def wait_for(predicate, timeout: float = DEADLINE, what: str = "condition", proc
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{extra}")
 
 
+def wait_quiet(count, quiet: float = 0.5, timeout: float = DEADLINE, what: str = "commands to stop"):
+    """Wait until count() has not changed for `quiet` seconds (the sender went silent); return it.
+
+    Fails if the deadline passes first, i.e. if messages keep coming.
+    """
+    last, since = count(), time.monotonic()
+
+    def settled():
+        nonlocal last, since
+        now_count = count()
+        if now_count != last:
+            last, since = now_count, time.monotonic()
+        return time.monotonic() - since >= quiet
+
+    wait_for(settled, timeout, what)
+    return last
+
+
 def wait_future(future, timeout: float = DEADLINE, what: str = "future"):
     wait_for(future.done, timeout, what)
     return future.result()
