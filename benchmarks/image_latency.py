@@ -52,10 +52,6 @@ def publisher(args):
 
 def measure(args, profile):
     """Start a publisher process with `profile` (None = defaults) and receive its frames."""
-    import rclpy
-    from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import Image
-
     env = dict(os.environ)
     for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
         env.pop(var, None)

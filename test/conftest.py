@@ -8,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers (ros_testing.py)
@@ -77,8 +76,3 @@ def pytest_sessionfinish(session, exitstatus):
         except OSError:
             pass
 
-
-@pytest.fixture
-def ros_env():
-    """The environment a node subprocess of this session runs with."""
-    return dict(os.environ)

@@ -110,7 +110,15 @@ class RobotStandIn(SpinningNode):
         msg.header.frame_id = "front_camera"
         self.image_pub.publish(msg)
 
+    def _stores(self):
+        return dict(fjt=self.fjt_goals, traj=self.trajectories, fwd=self.forward, twist=self.twists,
+                    pose=self.poses, gripper=self.gripper_goals)
+
     def counts(self):
         with self.lock:
-            return dict(fjt=len(self.fjt_goals), traj=len(self.trajectories), fwd=len(self.forward),
-                        twist=len(self.twists), pose=len(self.poses), gripper=len(self.gripper_goals))
+            return {key: len(store) for key, store in self._stores().items()}
+
+    def received(self, key):
+        """A copy of what arrived on one interface (a key of counts())."""
+        with self.lock:
+            return list(self._stores()[key])

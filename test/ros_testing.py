@@ -29,10 +29,6 @@ class RosProcess:
             args, stdout=self._log, stderr=subprocess.STDOUT, env=env or dict(os.environ),
             cwd=str(ROOT), start_new_session=True)
 
-    @property
-    def pid(self):
-        return self.proc.pid
-
     def output(self) -> str:
         if not self._log.closed:  # still readable after stop()
             self._log.flush()

@@ -1,6 +1,5 @@
 """The policy node in its own process, over real DDS, against a test-side robot stand-in."""
 import re
-import time
 
 import numpy as np
 import pytest
@@ -49,6 +48,15 @@ def instruct(robot, proc, text):
              what="instruction received", process=proc)
 
 
+def commands_for(robot, tmp_path, instruction, key, n, *overrides):
+    """Run the node with `overrides` on `instruction` until `n` commands arrived on `key`; return them."""
+    with start_node(tmp_path, *overrides) as proc:
+        wait_active(proc)
+        instruct(robot, proc, instruction)
+        wait_for(lambda: robot.counts()[key] >= n, what=f"{n} '{key}' commands", process=proc)
+    return robot.received(key)
+
+
 def test_image_and_instruction_produce_follow_joint_trajectory_goals_within_limits(robot, tmp_path):
     chunks = []
     robot.node.create_subscription(ActionChunk, "policy_node/action_chunk", chunks.append, 10)
@@ -57,9 +65,7 @@ def test_image_and_instruction_produce_follow_joint_trajectory_goals_within_limi
         instruct(robot, proc, "touch the red cube")
         wait_for(lambda: robot.counts()["fjt"] >= 5, what="5 FollowJointTrajectory goals", process=proc)
         wait_for(lambda: chunks, what="an ActionChunk", process=proc)
-    with robot.lock:
-        goals = list(robot.fjt_goals)
-    for traj in goals:
+    for traj in robot.received("fjt"):
         assert list(traj.joint_names) == PANDA_JOINTS
         pts = np.array([p.positions for p in traj.points])
         assert np.all(np.isfinite(pts)) and np.all(pts >= LOWER - 1e-9) and np.all(pts <= UPPER + 1e-9)
@@ -73,25 +79,15 @@ def test_image_and_instruction_produce_follow_joint_trajectory_goals_within_limi
 
 @pytest.mark.parametrize("mode,key", [("joint_trajectory", "traj"), ("forward_position", "fwd")])
 def test_topic_output_modes_publish_commands_within_limits(robot, tmp_path, mode, key):
-    with start_node(tmp_path, f"output.mode:={mode}") as proc:
-        wait_active(proc)
-        instruct(robot, proc, "push the blue cube left")
-        wait_for(lambda: robot.counts()[key] >= 20, what=f"20 {mode} commands", process=proc)
-    with robot.lock:
-        msgs = list(robot.trajectories if key == "traj" else robot.forward)
+    msgs = commands_for(robot, tmp_path, "push the blue cube left", key, 20, f"output.mode:={mode}")
     cmds = np.array([m.points[0].positions if key == "traj" else m.data for m in msgs])
     assert cmds.shape[1] == 7 and np.all(cmds >= LOWER - 1e-9) and np.all(cmds <= UPPER + 1e-9)
     assert np.all(np.abs(np.diff(cmds, axis=0)) <= MAX_STEP + 1e-9)
 
 
 def test_twist_output_mode_for_end_effector_deltas(robot, tmp_path):
-    with start_node(tmp_path, "action_space:=ee_delta", "output.mode:=twist", "ee.max_linear_velocity:=0.1",
-                    "ee.max_angular_velocity:=0.5") as proc:
-        wait_active(proc)
-        instruct(robot, proc, "move to the green cube")
-        wait_for(lambda: robot.counts()["twist"] >= 10, what="10 twist commands", process=proc)
-    with robot.lock:
-        twists = list(robot.twists)
+    twists = commands_for(robot, tmp_path, "move to the green cube", "twist", 10, "action_space:=ee_delta",
+                          "output.mode:=twist", "ee.max_linear_velocity:=0.1", "ee.max_angular_velocity:=0.5")
     for t in twists:
         lin = np.array([t.twist.linear.x, t.twist.linear.y, t.twist.linear.z])
         ang = np.array([t.twist.angular.x, t.twist.angular.y, t.twist.angular.z])
@@ -246,20 +242,14 @@ def test_gripper_dimension_goes_through_the_gripper_command_action(robot, tmp_pa
         instruct(robot, proc, "pick up the red cube")
         wait_for(lambda: robot.counts()["gripper"] >= 1 and robot.counts()["fwd"] >= 5,
                  what="a GripperCommand goal and arm commands", process=proc)
-    with robot.lock:
-        goals = list(robot.gripper_goals)
-        arm = [m.data for m in robot.forward]
+    goals, arm = robot.received("gripper"), [m.data for m in robot.received("fwd")]
     assert all(g.position in (0.04, 0.0) and g.max_effort == 20.0 for g in goals)
     assert all(len(a) == 7 for a in arm)  # the gripper dimension never reaches the arm command
 
 
 def test_pose_output_mode_sends_targets_near_the_current_pose_inside_the_workspace(robot, tmp_path):
-    with start_node(tmp_path, "action_space:=ee_delta", "output.mode:=pose", "ee.max_linear_velocity:=0.3") as proc:
-        wait_active(proc)
-        instruct(robot, proc, "move to the green cube")
-        wait_for(lambda: robot.counts()["pose"] >= 10, what="10 pose targets", process=proc)
-    with robot.lock:
-        poses = list(robot.poses)
+    poses = commands_for(robot, tmp_path, "move to the green cube", "pose", 10, "action_space:=ee_delta",
+                         "output.mode:=pose", "ee.max_linear_velocity:=0.3")
     for ps in poses:
         xyz = np.array([ps.pose.position.x, ps.pose.position.y, ps.pose.position.z])
         q = np.array([ps.pose.orientation.w, ps.pose.orientation.x, ps.pose.orientation.y, ps.pose.orientation.z])
@@ -312,8 +302,7 @@ def test_nan_joint_states_make_the_node_hold_and_log_once(robot, tmp_path):
         n = robot.counts()["fwd"]
         n2 = wait_quiet(lambda: robot.counts()["fwd"])
         assert n2 <= n + 40  # braking ramp at most, then nothing
-        with robot.lock:
-            assert all(np.all(np.isfinite(m.data)) for m in robot.forward)
+        assert all(np.all(np.isfinite(m.data)) for m in robot.received("fwd"))
         robot.joint_state_override = None
         wait_for(lambda: robot.counts()["fwd"] > n2, what="resumes with finite joint states", process=proc)
         assert proc.output().count("non-finite positions") == 1

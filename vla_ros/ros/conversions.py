@@ -40,10 +40,6 @@ def seconds_to_duration(seconds: float) -> Duration:
     return Duration(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
 
 
-def stamp_to_seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
 class JointStateMatcher:
     """Pick the configured joints out of sensor_msgs/JointState by name, not by order."""
 
