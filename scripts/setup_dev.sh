@@ -22,7 +22,7 @@ inputs_hash() {
   # Everything the environment is made from (launch/ and config/ are installed into
   # .venv/share/vla_ros): change one and setup runs again.
   (cd "$ROOT" && cat requirements/*.txt scripts/setup_dev.sh scripts/executables.txt \
-      scripts/executable.py.in CMakeLists.txt package.xml setup.py msg/* action/* \
+      scripts/executable.py.in CMakeLists.txt package.xml setup.py msg/* srv/* action/* \
       test/control_msgs/CMakeLists.txt test/control_msgs/package.xml test/control_msgs/msg/* \
       test/control_msgs/action/* launch/* config/*.xml config/*/* && "$PY_BOOT" --version) | sha256sum | cut -d' ' -f1
 }
@@ -136,6 +136,7 @@ log "checking the environment"
 assert vla_ros.__file__ and vla_ros.__file__.startswith('$ROOT'), vla_ros.__path__; \
 import vla_ros.msg, vla_ros.action, control_msgs.action; \
 from vla_ros.msg import ActionChunk, PolicyStatus; from vla_ros.action import ExecuteInstruction; \
+from vla_ros.srv import ResetEpisode; \
 rclpy.init(); n = rclpy.create_node('vla_ros_setup_check'); n.create_publisher(ActionChunk, 'x', 1); \
 n.destroy_node(); rclpy.shutdown(); print('[setup] rclpy, vla_ros and its interfaces import and work')" )
 

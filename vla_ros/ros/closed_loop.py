@@ -1,0 +1,235 @@
+"""Closed-loop evaluation through the real ROS graph: sim_robot_node + policy_node.
+
+Both nodes run as their own processes (as `ros2 launch vla_ros sim.launch.py` starts
+them); this process only drives episodes, like a user would:
+
+  1. ``/sim_robot_node/reset_episode`` (seed, family, phrasing) -> a new scene and its
+     instruction;
+  2. wait until the simulator reports ``task_success`` false for the new episode;
+  3. send the instruction as an ExecuteInstruction goal to
+     ``/policy_node/execute_instruction`` with a timeout in simulated seconds;
+  4. the goal's outcome is the episode's result: SUCCEEDED means the simulator reported
+     success (the policy node ends the goal on ``task_success``).
+
+Episode seeds are ``seed + i``; data collection uses other seeds (1000 + i by default
+with far fewer episodes than the evaluation offset), so evaluation scenes are unseen.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.action import ActionClient
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from std_msgs.msg import Bool
+
+from vla_ros.action import ExecuteInstruction
+from vla_ros.ros.conversions import image_to_rgb
+from vla_ros.srv import ResetEpisode
+
+OUTCOMES = {v: k[len("OUTCOME_"):].lower() for k, v in vars(ExecuteInstruction.Result).items()
+            if k.startswith("OUTCOME_")}
+
+
+def share_dir() -> Path:
+    """Where config/ lives: the source tree, or share/vla_ros of an install."""
+    here = Path(__file__).resolve().parents[2]
+    if (here / "config" / "robots").is_dir():
+        return here
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        cand = Path(prefix) / "share" / "vla_ros"
+        if (cand / "config" / "robots").is_dir():
+            return cand
+    raise FileNotFoundError("cannot find vla_ros' config/ (source tree or share/vla_ros)")
+
+
+class Graph:
+    """The sim robot and the policy node as child processes; stopped by pid with SIGINT."""
+
+    def __init__(self, checkpoint: str, params_file: str, real_time_factor: float, log_dir: Path,
+                 extra_policy_params: dict | None = None):
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: list[subprocess.Popen] = []
+        self.logs = []
+        sim_cmd = [sys.executable, "-m", "vla_ros.ros.sim_robot_node", "--ros-args",
+                   "-p", f"real_time_factor:={real_time_factor}"]
+        policy_cmd = [sys.executable, "-m", "vla_ros.ros.policy_node", "--ros-args",
+                      "--params-file", params_file, "-p", "use_sim_time:=true", "-p", "autostart:=true",
+                      "-p", f"model.checkpoint:={checkpoint}"]
+        for k, v in (extra_policy_params or {}).items():
+            policy_cmd += ["-p", f"{k}:={v}"]
+        for name, cmd in (("sim_robot_node", sim_cmd), ("policy_node", policy_cmd)):
+            log = open(log_dir / f"{name}.log", "w")
+            self.logs.append(log)
+            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)))
+
+    def check_alive(self) -> None:
+        for p, log in zip(self.procs, self.logs):
+            if p.poll() is not None:
+                raise RuntimeError(f"{p.args[2]} exited with code {p.returncode}; see {log.name}")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for log in self.logs:
+            log.close()
+
+
+class EpisodeDriver(Node):
+    def __init__(self, camera: str = "front"):
+        super().__init__("vla_ros_closed_loop_eval")
+        self.reset_client = self.create_client(ResetEpisode, "/sim_robot_node/reset_episode")
+        self.goal_client = ActionClient(self, ExecuteInstruction, "/policy_node/execute_instruction")
+        self.success_seen = threading.Event()
+        self.create_subscription(Bool, "/task_success", self._on_success, 10)
+        self.frames: list[np.ndarray] | None = None
+        self.create_subscription(Image, f"/{camera}/image_raw", self._on_image, qos_profile_sensor_data)
+
+    def _on_success(self, msg: Bool):
+        if not msg.data:
+            self.success_seen.set()
+
+    def _on_image(self, msg: Image):
+        if self.frames is not None:
+            self.frames.append(image_to_rgb(msg))
+
+
+def _wait(future, deadline: float, what: str, graph: Graph):
+    while not future.done():
+        graph.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+    return future.result()
+
+
+def contact_sheet(frames: list[np.ndarray], path: Path, columns: int = 8, max_frames: int = 32) -> None:
+    """A grid of up to ``max_frames`` evenly spaced frames, written as PNG (OpenCV)."""
+    import cv2
+
+    if not frames:
+        return
+    idx = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
+    tiles = [frames[i] for i in idx]
+    h, w = tiles[0].shape[:2]
+    rows = (len(tiles) + columns - 1) // columns
+    sheet = np.full((rows * h, columns * w, 3), 255, np.uint8)
+    for k, t in enumerate(tiles):
+        r, c = divmod(k, columns)
+        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = t
+    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+
+
+def evaluate(checkpoint: str, families=("touch", "push"), episodes: int = 50, seed: int = 100_000,
+             phrasing: str = "train", timeout: float = 12.0, real_time_factor: float = 1.0,
+             params_file: str | None = None, out_dir: str | None = None, contact_sheets: bool = False,
+             log=print) -> dict:
+    """Run ``episodes`` closed-loop episodes per family; returns the report (also JSON in out_dir)."""
+    params_file = params_file or str(share_dir() / "config" / "robots" / "sim_panda.yaml")
+    out = Path(out_dir or "eval_closed_loop")
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    graph = Graph(str(Path(checkpoint).resolve()), params_file, real_time_factor, out / "logs")
+    rclpy.init()
+    driver = EpisodeDriver()
+    executor = SingleThreadedExecutor()
+    executor.add_node(driver)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    results = []
+    try:
+        deadline = time.monotonic() + 180.0  # model loading and discovery on a busy machine
+        while not (driver.reset_client.service_is_ready() and driver.goal_client.server_is_ready()):
+            graph.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError("the sim robot's reset service or the policy's action server never appeared; "
+                                   f"see the logs in {out / 'logs'}")
+            time.sleep(0.05)
+        log(f"graph up in {time.monotonic() - t_start:.1f} s: sim_robot_node + policy_node ({checkpoint})")
+        for family in families:
+            for i in range(episodes):
+                ep_seed = seed + i
+                driver.success_seen.clear()
+                reply = _wait(driver.reset_client.call_async(
+                    ResetEpisode.Request(seed=ep_seed, family=family, phrasing=phrasing)),
+                    time.monotonic() + 30, "reset_episode", graph)
+                if not reply.success:
+                    raise RuntimeError(f"reset_episode failed: {reply.message}")
+                if not driver.success_seen.wait(timeout=30):
+                    raise TimeoutError("the sim robot never reported task_success false after a reset")
+                driver.frames = [] if contact_sheets else None
+                t0 = time.monotonic()
+                goal = ExecuteInstruction.Goal(instruction=reply.instruction, timeout=float(timeout))
+                wall_limit = timeout / max(real_time_factor, 0.05) * 4 + 60
+                handle = None
+                for _attempt in range(50):  # the node rejects goals until it is active
+                    handle = _wait(driver.goal_client.send_goal_async(goal), time.monotonic() + 30,
+                                   "ExecuteInstruction goal response", graph)
+                    if handle.accepted:
+                        break
+                    time.sleep(0.2)
+                if not handle.accepted:
+                    raise RuntimeError("policy_node rejected every ExecuteInstruction goal; is it active?")
+                res = _wait(handle.get_result_async(), time.monotonic() + wall_limit,
+                            "ExecuteInstruction result", graph).result
+                outcome = OUTCOMES.get(res.outcome, str(res.outcome))
+                ep = {"family": family, "seed": ep_seed, "phrasing": phrasing, "instruction": reply.instruction,
+                      "success": outcome == "succeeded", "outcome": outcome, "steps": int(res.steps),
+                      "sim_seconds": round(float(res.elapsed), 3), "wall_seconds": round(time.monotonic() - t0, 3)}
+                if contact_sheets and driver.frames:
+                    sheet = out / "contact_sheets" / f"{family}_{ep_seed}.png"
+                    sheet.parent.mkdir(exist_ok=True)
+                    contact_sheet(list(driver.frames), sheet)
+                    ep["contact_sheet"] = str(sheet)
+                driver.frames = None
+                results.append(ep)
+                log(f"  {family:5s} seed {ep_seed}: {'success' if ep['success'] else outcome:9s} "
+                    f"{ep['sim_seconds']:5.1f} s  '{reply.instruction}'")
+    finally:
+        executor.shutdown()
+        driver.destroy_node()
+        rclpy.try_shutdown()
+        graph.stop()
+    summary = {}
+    for family in families:
+        eps = [e for e in results if e["family"] == family]
+        ok = [e for e in eps if e["success"]]
+        summary[family] = {"episodes": len(eps), "successes": len(ok),
+                           "success_rate": round(len(ok) / len(eps), 4) if eps else None,
+                           "mean_sim_seconds_success": round(float(np.mean([e["sim_seconds"] for e in ok])), 2)
+                           if ok else None}
+    report = {"checkpoint": str(checkpoint), "phrasing": phrasing, "seed": seed, "episodes_per_family": episodes,
+              "timeout_sim_seconds": timeout, "real_time_factor": real_time_factor, "params_file": params_file,
+              "wall_seconds": round(time.monotonic() - t_start, 1), "summary": summary, "episodes": results}
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def format_table(report: dict) -> str:
+    lines = [f"closed-loop evaluation: {report['checkpoint']} ({report['phrasing']} phrasings, seeds from "
+             f"{report['seed']})", "",
+             "| task  | episodes | successes | success rate |", "|---|---|---|---|"]
+    for family, s in report["summary"].items():
+        rate = f"{100 * s['success_rate']:.0f}%" if s["success_rate"] is not None else "-"
+        lines.append(f"| {family} | {s['episodes']} | {s['successes']} | {rate} |")
+    lines.append("")
+    lines.append(f"wall time {report['wall_seconds']:.0f} s")
+    return "\n".join(lines)

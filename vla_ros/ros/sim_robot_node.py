@@ -1,0 +1,416 @@
+"""sim_robot_node: the built-in simulated Panda (PyBullet) as a ROS 2 robot.
+
+It offers what a ros2_control Panda with cameras offers, so the policy node (and anything
+else) talks to it exactly as to a real robot, and it is the clock of the graph:
+
+Publishes:
+  /clock                     rosgraph_msgs/Clock          simulation time, every loop step (100 Hz sim)
+  joint_states               sensor_msgs/JointState       7 arm + 2 finger joints, joint_state_rate Hz
+  <camera>/image_raw         sensor_msgs/Image            rgb8, camera.width x camera.height, camera.rate Hz
+                                                          (sensor-data QoS, like camera drivers)
+  ee_pose                    geometry_msgs/PoseStamped    panda_grasptarget in base_frame, with joint_states
+  task_success               std_msgs/Bool                the current task's success (latched per episode),
+                                                          camera.rate Hz and at once when it turns true
+  instruction                std_msgs/String              the episode's instruction, transient local
+                                                          [only with publish_instruction]
+Subscribes (command interfaces; the newest command of any kind wins):
+  joint_trajectory           trajectory_msgs/JointTrajectory      like joint_trajectory_controller's topic
+  forward_position           std_msgs/Float64MultiArray           7 positions, like forward_command_controller
+  twist                      geometry_msgs/TwistStamped           end-effector velocity in base_frame, like
+                                                                  MoveIt Servo; held 0.25 s, then stops
+Actions:
+  follow_joint_trajectory    control_msgs/FollowJointTrajectory   interpolates and tracks the points; a new
+                                                                  goal replaces the running one
+  gripper_command            control_msgs/GripperCommand          finger position (0 closed .. 0.04 open)
+Services:
+  ~/reset_episode            vla_ros/ResetEpisode                 new seeded scene + task, arm at home
+
+Parameters (all read at start):
+  real_time_factor   double  1.0    simulation speed over wall-clock time; 0: as fast as the CPU allows
+  physics_hz         double  240.0  physics step rate
+  camera.names       string[] [front]  cameras to render: front, side
+  camera.width       int     96     image width, pixels
+  camera.height      int     96     image height, pixels
+  camera.rate        double  10.0   images per simulated second
+  joint_state_rate   double  100.0  joint_states (and ee_pose) per simulated second
+  objects            int     3      objects on the table (2..4)
+  seed               int     0      seed of the first episode
+  family             string  ""     task family of the first episode ("" random touch/push)
+  phrasing           string  train  phrasing set of the first episode (train, heldout)
+  publish_instruction bool   false  publish each episode's instruction on `instruction`
+  base_frame         string  panda_link0  frame of ee_pose and of twist commands
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time as TimeMsg
+from control_msgs.action import FollowJointTrajectory, GripperCommand
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
+from rcl_interfaces.msg import ParameterDescriptor
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float64MultiArray, String
+from trajectory_msgs.msg import JointTrajectory
+
+from vla_ros.ros.bag_common import PARAM_ERRORS, StopSignal, descriptor
+from vla_ros.sim.panda import ARM_JOINTS, JOINT_NAMES, CameraSpec, PandaSim
+from vla_ros.sim.tasks import FAMILIES, PHRASINGS
+from vla_ros.srv import ResetEpisode
+
+LOOP_DT = 0.01          # s of simulated time per loop step (/clock resolution)
+CAMERAS = {
+    "front": dict(eye=(0.95, 0.0, 0.55), target=(0.48, 0.0, 0.06), fov=48.0),
+    "side": dict(eye=(0.50, -0.75, 0.50), target=(0.50, 0.0, 0.06), fov=50.0),
+}
+GRIPPER_TOLERANCE = 0.002   # m: GripperCommand reached_goal
+GRIPPER_STALL_TIME = 0.3    # s of simulated time without finger motion: stalled (holding an object)
+
+
+def _stamp(t: float) -> TimeMsg:
+    ns = int(round(t * 1e9))
+    return TimeMsg(sec=ns // 10**9, nanosec=ns % 10**9)
+
+
+def _duration(d) -> float:
+    return d.sec + d.nanosec * 1e-9
+
+
+class SimRobotNode(Node):
+    def __init__(self, stop: threading.Event, **kwargs):
+        super().__init__("sim_robot_node", **kwargs)
+        self.stop = stop
+        d = self.declare_parameter
+        d("real_time_factor", 1.0, descriptor("Simulation speed over wall-clock time; 0: as fast as possible.",
+                                              float_range=(0.0, 100.0)))
+        d("physics_hz", 240.0, descriptor("Physics steps per simulated second.", float_range=(100.0, 2000.0)))
+        d("camera.names", ["front"], ParameterDescriptor(description="Cameras to render: " + ", ".join(CAMERAS)))
+        d("camera.width", 96, descriptor("Image width, pixels.", int_range=(16, 1920)))
+        d("camera.height", 96, descriptor("Image height, pixels.", int_range=(16, 1080)))
+        d("camera.rate", 10.0, descriptor("Images per simulated second.", float_range=(0.1, 100.0)))
+        d("joint_state_rate", 100.0, descriptor("joint_states per simulated second.", float_range=(1.0, 100.0)))
+        d("objects", 3, descriptor("Objects on the table.", int_range=(2, 4)))
+        d("seed", 0, descriptor("Seed of the first episode."))
+        d("family", "", descriptor("Task family of the first episode: touch, push, pick; empty: random."))
+        d("phrasing", "train", descriptor("Phrasing set of the first episode: train or heldout."))
+        d("publish_instruction", False, descriptor("Publish each episode's instruction on `instruction`."))
+        d("base_frame", "panda_link0", descriptor("Frame of ee_pose and of twist commands."))
+        g = lambda n: self.get_parameter(n).value  # noqa: E731
+        self.cams = list(g("camera.names"))
+        unknown = [c for c in self.cams if c not in CAMERAS]
+        if not self.cams or unknown:
+            raise ValueError(f"parameter 'camera.names' has unknown camera(s) {unknown or '(none given)'}; "
+                             f"available: {sorted(CAMERAS)}")
+        family, phrasing = g("family"), g("phrasing")
+        if family and family not in FAMILIES:
+            raise ValueError(f"parameter 'family' is {family!r}; expected one of {list(FAMILIES)} or empty")
+        if phrasing not in PHRASINGS:
+            raise ValueError(f"parameter 'phrasing' is {phrasing!r}; expected one of {list(PHRASINGS)}")
+        self.rtf = g("real_time_factor")
+        self.base_frame = g("base_frame")
+        self.camera_period = 1.0 / g("camera.rate")
+        self.joint_period = 1.0 / g("joint_state_rate")
+        self.lock = threading.RLock()
+        specs = [CameraSpec(name=c, width=g("camera.width"), height=g("camera.height"), **CAMERAS[c])
+                 for c in self.cams]
+        self.sim = PandaSim(specs, physics_hz=g("physics_hz"), objects=g("objects"))
+        self._succeeded = False
+        self._fjt_goal = None
+        self._gripper_goal = None
+        self._logged: set[str] = set()
+
+        self.clock_pub = self.create_publisher(Clock, "/clock", 10)
+        self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
+        self.pose_pub = self.create_publisher(PoseStamped, "ee_pose", 10)
+        self.success_pub = self.create_publisher(Bool, "task_success", 10)
+        self.image_pubs = {c: self.create_publisher(Image, f"{c}/image_raw", qos_profile_sensor_data)
+                           for c in self.cams}
+        self.publish_instruction = g("publish_instruction")
+        self.instruction_pub = self.create_publisher(
+            String, "instruction", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                              durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        group = ReentrantCallbackGroup()
+        self.create_subscription(JointTrajectory, "joint_trajectory", self._on_trajectory, 10, callback_group=group)
+        self.create_subscription(Float64MultiArray, "forward_position", self._on_forward, 10, callback_group=group)
+        self.create_subscription(TwistStamped, "twist", self._on_twist, 10, callback_group=group)
+        ActionServer(self, FollowJointTrajectory, "follow_joint_trajectory", self._execute_fjt,
+                     goal_callback=lambda _: GoalResponse.ACCEPT, cancel_callback=lambda _: CancelResponse.ACCEPT,
+                     callback_group=group)
+        ActionServer(self, GripperCommand, "gripper_command", self._execute_gripper,
+                     goal_callback=lambda _: GoalResponse.ACCEPT, cancel_callback=lambda _: CancelResponse.ACCEPT,
+                     callback_group=group)
+        self.create_service(ResetEpisode, "~/reset_episode", self._on_reset, callback_group=group)
+        self._reset(g("seed"), family or None, phrasing)
+        self.get_logger().info(
+            f"simulated Panda ready: cameras {self.cams} {g('camera.width')}x{g('camera.height')} at "
+            f"{g('camera.rate'):g} Hz, real_time_factor {self.rtf:g}; task: '{self.sim.task.instruction}'")
+
+    # ---------------------------------------------------------------- helpers
+    def _warn_once(self, key: str, text: str):
+        if key not in self._logged:
+            self._logged.add(key)
+            self.get_logger().warning(text)
+
+    def _arm_points(self, names, points) -> list[tuple[float, np.ndarray]]:
+        """JointTrajectory points -> [(t, 7 arm positions)]; ValueError says what is wrong."""
+        missing = [n for n in ARM_JOINTS if n not in names]
+        if missing:
+            raise ValueError(f"trajectory lacks joints {missing} (has {list(names)})")
+        index = [list(names).index(n) for n in ARM_JOINTS]
+        out, last_t = [], -1.0
+        for k, pt in enumerate(points):
+            if len(pt.positions) != len(names):
+                raise ValueError(f"point {k} has {len(pt.positions)} positions for {len(names)} joints")
+            q = np.array([pt.positions[i] for i in index], dtype=float)
+            t = _duration(pt.time_from_start)
+            if not np.all(np.isfinite(q)) or not np.isfinite(t):
+                raise ValueError(f"point {k} has non-finite values")
+            if t <= last_t:
+                raise ValueError(f"point {k}: time_from_start {t:.3f} s is not after the previous point's")
+            out.append((t, q))
+            last_t = t
+        if not out:
+            raise ValueError("trajectory has no points")
+        return out
+
+    # ---------------------------------------------------------------- command inputs
+    def _on_trajectory(self, msg: JointTrajectory):
+        try:
+            points = self._arm_points(msg.joint_names, msg.points)
+        except ValueError as exc:
+            self._warn_once("traj", f"joint_trajectory ignored: {exc}")
+            return
+        with self.lock:
+            self._fjt_goal = None
+            self.sim.command_trajectory(points)
+
+    def _on_forward(self, msg: Float64MultiArray):
+        q = np.asarray(msg.data, dtype=float)
+        if q.shape != (7,) or not np.all(np.isfinite(q)):
+            self._warn_once("fwd", f"forward_position ignored: needs 7 finite positions {list(ARM_JOINTS)}, "
+                                   f"got {q.tolist()}")
+            return
+        with self.lock:
+            self._fjt_goal = None
+            self.sim.command_positions(q)
+
+    def _on_twist(self, msg: TwistStamped):
+        frame = msg.header.frame_id
+        if frame and frame != self.base_frame:
+            self._warn_once("twist_frame", f"twist in frame '{frame}' ignored: only '{self.base_frame}' "
+                                           "(or an empty frame) is supported")
+            return
+        lin, ang = msg.twist.linear, msg.twist.angular
+        try:
+            with self.lock:
+                self._fjt_goal = None
+                self.sim.command_twist([lin.x, lin.y, lin.z], [ang.x, ang.y, ang.z])
+        except ValueError as exc:
+            self._warn_once("twist_nan", f"twist ignored, the arm holds: {exc}")
+            with self.lock:
+                self.sim.hold()
+
+    def _execute_fjt(self, handle):
+        result = FollowJointTrajectory.Result()
+        try:
+            points = self._arm_points(handle.request.trajectory.joint_names, handle.request.trajectory.points)
+        except ValueError as exc:
+            handle.abort()
+            result.error_code, result.error_string = FollowJointTrajectory.Result.INVALID_GOAL, str(exc)
+            self.get_logger().warning(f"FollowJointTrajectory goal aborted: {exc}")
+            return result
+        with self.lock:
+            self._fjt_goal = handle
+            self.sim.command_trajectory(points)
+        fb = FollowJointTrajectory.Feedback(joint_names=list(ARM_JOINTS))
+        while not self.stop.is_set():
+            with self.lock:
+                current = self._fjt_goal is handle
+                done = current and self.sim.trajectory_done()
+                q = self.sim.joint_positions()[:7]
+                if current and handle.is_cancel_requested:
+                    self.sim.hold()
+                    self._fjt_goal = None
+            if not current:
+                handle.abort()
+                result.error_string = "replaced by a newer command"
+                return result
+            if handle.is_cancel_requested:
+                handle.canceled()
+                result.error_string = "canceled; holding"
+                return result
+            if done:
+                handle.succeed()
+                result.error_code = FollowJointTrajectory.Result.SUCCESSFUL
+                return result
+            fb.actual.positions = [float(v) for v in q]
+            handle.publish_feedback(fb)
+            self.stop.wait(0.02)
+        handle.abort()
+        return result
+
+    def _execute_gripper(self, handle):
+        cmd = handle.request.command
+        result = GripperCommand.Result()
+        if not np.isfinite(cmd.position):
+            handle.abort()
+            return result
+        with self.lock:
+            self._gripper_goal = handle
+            self.sim.command_gripper(cmd.position, cmd.max_effort)
+            last_pos, last_move = self.sim.gripper_position(), self.sim.time
+        target = min(max(cmd.position, 0.0), 0.04)
+        while not self.stop.is_set():
+            with self.lock:
+                current = self._gripper_goal is handle
+                pos, now = self.sim.gripper_position(), self.sim.time
+            if abs(pos - last_pos) > 1e-4:
+                last_pos, last_move = pos, now
+            result.position, result.effort = pos, float(cmd.max_effort)
+            result.reached_goal = abs(pos - target) < GRIPPER_TOLERANCE
+            result.stalled = not result.reached_goal and now - last_move > GRIPPER_STALL_TIME
+            if not current or handle.is_cancel_requested:
+                (handle.canceled if handle.is_cancel_requested else handle.abort)()
+                return result
+            if result.reached_goal or result.stalled:
+                handle.succeed()
+                return result
+            handle.publish_feedback(GripperCommand.Feedback(position=pos, effort=float(cmd.max_effort),
+                                                            stalled=False, reached_goal=False))
+            self.stop.wait(0.02)
+        handle.abort()
+        return result
+
+    # ---------------------------------------------------------------- episodes
+    def _reset(self, seed: int, family: str | None, phrasing: str) -> None:
+        with self.lock:
+            task = self.sim.reset(int(seed), family, phrasing)
+            self._succeeded = False
+            self._fjt_goal = self._gripper_goal = None
+            self._pace_reset = True
+        self.success_pub.publish(Bool(data=False))
+        if self.publish_instruction:
+            self.instruction_pub.publish(String(data=task.instruction))
+        self.get_logger().info(f"episode seed {seed}: {task.family} '{task.instruction}'")
+
+    def _on_reset(self, request, response):
+        family = request.family or None
+        phrasing = request.phrasing or "train"
+        if family is not None and family not in FAMILIES:
+            response.success, response.message = False, f"unknown family {family!r}; expected one of {list(FAMILIES)}"
+            return response
+        if phrasing not in PHRASINGS:
+            response.success, response.message = False, f"unknown phrasing {phrasing!r}; expected one of {list(PHRASINGS)}"
+            return response
+        self._reset(request.seed, family, phrasing)
+        task = self.sim.task
+        response.success, response.message = True, f"episode seed {request.seed}"
+        response.instruction, response.family = task.instruction, task.family
+        return response
+
+    # ---------------------------------------------------------------- the loop
+    def run(self) -> None:
+        """Step the simulation and publish, paced to real_time_factor, until stopped."""
+        next_joint = next_cam = 0.0
+        wall0 = sim0 = None
+        while not self.stop.is_set():
+            with self.lock:
+                if self._pace_reset or wall0 is None:
+                    wall0, sim0, self._pace_reset = time.monotonic(), self.sim.time, False
+                self.sim.step(LOOP_DT)
+                t = self.sim.time
+                stamp = _stamp(t)
+                newly = not self._succeeded and self.sim.success()
+                self._succeeded = self._succeeded or newly
+                joints = ee = None
+                if t + 1e-9 >= next_joint:
+                    next_joint = t + self.joint_period
+                    joints = (self.sim.joint_positions(), self.sim.joint_velocities())
+                    ee = self.sim.ee_pose()
+                images = {}
+                if t + 1e-9 >= next_cam:
+                    next_cam = t + self.camera_period
+                    images = {c: self.sim.render(c) for c in self.cams}
+                success = self._succeeded
+            self.clock_pub.publish(Clock(clock=stamp))
+            if joints is not None:
+                self._publish_joints(stamp, *joints)
+                self._publish_pose(stamp, *ee)
+            for cam, rgb in images.items():
+                self._publish_image(cam, stamp, rgb)
+            if images or newly:
+                self.success_pub.publish(Bool(data=success))
+            if self.rtf > 0:
+                ahead = wall0 + (t - sim0) / self.rtf - time.monotonic()
+                if ahead > 0:
+                    self.stop.wait(ahead)
+
+    def _publish_joints(self, stamp, pos, vel):
+        msg = JointState(name=list(JOINT_NAMES), position=[float(v) for v in pos], velocity=[float(v) for v in vel])
+        msg.header.stamp = stamp
+        self.joint_pub.publish(msg)
+
+    def _publish_pose(self, stamp, xyz, quat):
+        msg = PoseStamped()
+        msg.header.stamp, msg.header.frame_id = stamp, self.base_frame
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in xyz)
+        o = msg.pose.orientation
+        o.w, o.x, o.y, o.z = (float(v) for v in quat)
+        self.pose_pub.publish(msg)
+
+    def _publish_image(self, cam, stamp, rgb):
+        msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0, step=rgb.shape[1] * 3)
+        msg.header.stamp, msg.header.frame_id = stamp, f"{cam}_camera"
+        msg.data = rgb.tobytes()
+        self.image_pubs[cam].publish(msg)
+
+
+def main(args=None, parameter_overrides: list[Parameter] | None = None) -> int:
+    """Run the simulated robot until SIGINT/SIGTERM; exit 2 on invalid parameters."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = StopSignal()
+    try:
+        node = SimRobotNode(stop.event, parameter_overrides=parameter_overrides or [])
+    except (ValueError, *PARAM_ERRORS) as exc:
+        print(f"[sim_robot_node] invalid configuration: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    spinner = threading.Thread(target=_spin, args=(executor, stop.event), daemon=True)
+    spinner.start()
+    try:
+        node.run()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        stop.event.set()
+        spinner.join(timeout=2.0)
+        node.sim.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+def _spin(executor, stop: threading.Event):
+    while not stop.is_set():
+        try:
+            executor.spin_once(timeout_sec=0.05)
+        except Exception:  # context shut down under us at exit
+            if not stop.is_set():
+                raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
