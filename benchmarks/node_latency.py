@@ -62,7 +62,7 @@ def bare_predict(preset: str, threads: int, n: int = 100):
 
 def run_node(rate: float, seconds: float, preset: str, threads: int):
     exe = Path(sys.prefix) / "lib" / "vla_ros" / "policy_node"
-    cmd = [str(exe), "--ros-args", "--params-file", str(ROOT / "config/robots/sim_panda.yaml"),
+    cmd = [str(exe), "--ros-args", "--params-file", str(ROOT / "config/robots/sim_panda_joint.yaml"),
            "-p", "autostart:=true", "-p", "output.mode:=forward_position", "-p", f"control.rate:={rate}",
            "-p", f"model.preset:={preset}", "-p", "joints.max_step:=10.0", "-p", f"model.threads:={threads}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -34,7 +34,7 @@ HOME = [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785]
 
 def smoke(args) -> int:
     exe = Path(sys.prefix) / "lib" / "vla_ros" / "policy_node"
-    cmd = [str(exe), "--ros-args", "--params-file", str(ROOT / "config/robots/sim_panda.yaml"),
+    cmd = [str(exe), "--ros-args", "--params-file", str(ROOT / "config/robots/sim_panda_joint.yaml"),
            "-p", "autostart:=true", "-p", "dry_run:=true"]
     print(f"[demo] starting: {' '.join(cmd)}")
     node_proc = subprocess.Popen(cmd, start_new_session=True)

