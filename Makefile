@@ -8,7 +8,7 @@ VENV := .venv
 ENV := source $(VENV)/setup.bash
 PYTEST_ARGS ?=
 
-.PHONY: help setup test demo smoke bench colcon-check clean
+.PHONY: help setup test demo smoke train-demo bench colcon-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -19,11 +19,24 @@ setup:  ## create or update .venv (idempotent; seconds when nothing changed)
 test: setup  ## set up if needed, then run the whole test suite
 	@$(ENV) && python -m pytest $(PYTEST_ARGS)
 
-demo: setup  ## set up if needed, then run the main demo
-	@$(ENV) && python scripts/demo.py
+demo: setup  ## set up if needed, then run the main demo: the simulated Panda follows instructions (DEMO_ARGS="--json out.json")
+	@$(ENV) && python scripts/demo.py $(DEMO_ARGS)
 
 smoke: setup  ## start the policy node with the tiny model and show it commanding
 	@$(ENV) && python scripts/demo.py --smoke
+
+# The shipped checkpoints/sim_demo: 600 expert episodes (seeds 1000..1599), then 6000 steps of
+# behaviour cloning at batch 64 on 2 CPU threads; the best-by-validation policy is shipped.
+DEMO_BAGS := data/demo_bags
+DEMO_RUN := data/train_demo
+train-demo: setup  ## collect expert demonstrations in the sim and train checkpoints/sim_demo (about 35 min on 2 cores)
+	@$(ENV) && if [ ! -f $(DEMO_BAGS)/collect_summary.json ]; then \
+	  vla-ros collect --out $(DEMO_BAGS) --episodes 600 --seed 1000 --workers 2; fi
+	@$(ENV) && OMP_NUM_THREADS=2 vla-ros train --data $(DEMO_BAGS) --config sim_demo --out $(DEMO_RUN) \
+	  --steps 6000 --batch-size 64 --lr 1e-3 --val-every 500 --checkpoint-every 500 --threads 2 --seed 0 \
+	  $$([ -d $(DEMO_RUN)/last ] && echo --resume)
+	rm -rf checkpoints/sim_demo && mkdir -p checkpoints && cp -r $(DEMO_RUN)/best checkpoints/sim_demo
+	@echo "checkpoints/sim_demo updated; run make demo to evaluate it"
 
 bench: setup  ## run the benchmarks (tables printed, JSON in benchmarks/results/)
 	@$(ENV) && python benchmarks/image_latency.py && python benchmarks/model_latency.py && python benchmarks/node_latency.py

@@ -1,10 +1,14 @@
-"""The main demo (until the simulated-robot demo lands: a smoke run of the policy node).
+"""The main demo: the simulated Panda follows instructions with the shipped checkpoint.
 
-Starts `policy_node` in its own process with the simulated Panda's parameters, the tiny
-model preset and dry_run, publishes camera frames, joint states and an instruction from
-this process, and prints the action chunks and status the node publishes over DDS.
+Starts sim_robot_node (PyBullet) and policy_node (checkpoints/sim_demo) in their own
+processes, as `ros2 launch vla_ros sim.launch.py` does, gives the policy one instruction
+per seeded episode on scenes it never saw in training, and prints the success rate per
+task family (vla-ros eval underneath):
 
-    python scripts/demo.py --smoke [--seconds 10] [--json out.json]
+    python scripts/demo.py [--episodes 10] [--families touch push] [--json out.json]
+
+`--smoke` instead starts only policy_node (joint-space sim config, tiny untrained model,
+dry run), feeds it synthetic frames from this process and prints what it publishes.
 """
 import argparse
 import json
@@ -95,13 +99,34 @@ def smoke(args) -> int:
     return 0
 
 
+def sim_demo(args) -> int:
+    from vla_ros.ros.closed_loop import evaluate, format_table
+
+    checkpoint = ROOT / "checkpoints" / "sim_demo"
+    print(f"[demo] simulated Panda + policy node ({checkpoint.relative_to(ROOT)}): {args.episodes} episodes per "
+          f"task family {args.families}, unseen scenes (seeds from {args.seed})", flush=True)
+    report = evaluate(str(checkpoint), families=tuple(args.families), episodes=args.episodes, seed=args.seed,
+                      phrasing=args.phrasing, out_dir=args.out, log=lambda line: print(line, flush=True))
+    print()
+    print(format_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        print(f"[demo] report written to {args.json}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="policy node smoke run (the current demo)")
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--json", help="write a summary to this file")
+    p.add_argument("--smoke", action="store_true", help="policy node smoke run instead (synthetic inputs)")
+    p.add_argument("--seconds", type=float, default=10.0, help="--smoke: seconds to run")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per task family (default 10)")
+    p.add_argument("--families", nargs="+", default=["touch", "push"], help="task families (default touch push)")
+    p.add_argument("--phrasing", choices=("train", "heldout"), default="train", help="instruction phrasings")
+    p.add_argument("--seed", type=int, default=100_000, help="first episode seed (training used 1000..1599)")
+    p.add_argument("--out", default=str(ROOT / "build" / "demo"), help="directory for logs and report.json")
+    p.add_argument("--json", help="write the report (or the smoke summary) to this file")
     args = p.parse_args()
-    return smoke(args)
+    return smoke(args) if args.smoke else sim_demo(args)
 
 
 if __name__ == "__main__":

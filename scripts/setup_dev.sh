@@ -24,7 +24,7 @@ inputs_hash() {
   (cd "$ROOT" && cat requirements/*.txt scripts/setup_dev.sh scripts/executables.txt \
       scripts/executable.py.in CMakeLists.txt package.xml setup.py msg/* srv/* action/* \
       test/control_msgs/CMakeLists.txt test/control_msgs/package.xml test/control_msgs/msg/* \
-      test/control_msgs/action/* launch/* config/*.xml config/*/* && "$PY_BOOT" --version) | sha256sum | cut -d' ' -f1
+      test/control_msgs/action/* launch/* config/*.xml config/*/* checkpoints/*/* && "$PY_BOOT" --version) | sha256sum | cut -d' ' -f1
 }
 
 HASH="$(inputs_hash)"

@@ -4,7 +4,8 @@ It offers what a ros2_control Panda with cameras offers, so the policy node (and
 else) talks to it exactly as to a real robot, and it is the clock of the graph:
 
 Publishes:
-  /clock                     rosgraph_msgs/Clock          simulation time, every loop step (100 Hz sim)
+  /clock                     rosgraph_msgs/Clock          simulation time, every loop step (whole physics
+                                                          steps nearest 10 ms: 120 Hz at physics_hz 240)
   joint_states               sensor_msgs/JointState       7 arm + 2 finger joints, joint_state_rate Hz
   <camera>/image_raw         sensor_msgs/Image            rgb8, camera.width x camera.height, camera.rate Hz
                                                           (sensor-data QoS, like camera drivers)
@@ -69,7 +70,7 @@ from vla_ros.sim.panda import ARM_JOINTS, JOINT_NAMES, CameraSpec, PandaSim
 from vla_ros.sim.tasks import FAMILIES, PHRASINGS
 from vla_ros.srv import ResetEpisode
 
-LOOP_DT = 0.01          # s of simulated time per loop step (/clock resolution)
+LOOP_DT = 0.01          # s of simulated time per loop step (/clock resolution), rounded to whole physics steps
 CAMERAS = {
     "front": dict(eye=(0.95, 0.0, 0.55), target=(0.48, 0.0, 0.06), fov=48.0),
     "side": dict(eye=(0.50, -0.75, 0.50), target=(0.50, 0.0, 0.06), fov=50.0),
@@ -81,6 +82,12 @@ GRIPPER_STALL_TIME = 0.3    # s of simulated time without finger motion: stalled
 def _stamp(t: float) -> TimeMsg:
     ns = int(round(t * 1e9))
     return TimeMsg(sec=ns // 10**9, nanosec=ns % 10**9)
+
+
+def _next_tick(due: float, period: float, now: float) -> float:
+    """The next time on the grid due + k * period after now (skipping ticks when behind)."""
+    due += period
+    return due if due > now + 1e-9 else now + period
 
 
 def _duration(d) -> float:
@@ -125,6 +132,7 @@ class SimRobotNode(Node):
         specs = [CameraSpec(name=c, width=g("camera.width"), height=g("camera.height"), **CAMERAS[c])
                  for c in self.cams]
         self.sim = PandaSim(specs, physics_hz=g("physics_hz"), objects=g("objects"))
+        self.loop_dt = max(1, round(LOOP_DT * g("physics_hz"))) * self.sim.dt
         self._succeeded = False
         self._fjt_goal = None
         self._gripper_goal = None
@@ -244,6 +252,8 @@ class SimRobotNode(Node):
                     self._fjt_goal = None
             if not current:
                 handle.abort()
+                # joint_trajectory_controller's code for a goal that a newer one replaced
+                result.error_code = FollowJointTrajectory.Result.INVALID_GOAL
                 result.error_string = "replaced by a newer command"
                 return result
             if handle.is_cancel_requested:
@@ -258,6 +268,7 @@ class SimRobotNode(Node):
             handle.publish_feedback(fb)
             self.stop.wait(0.02)
         handle.abort()
+        result.error_code, result.error_string = FollowJointTrajectory.Result.INVALID_GOAL, "node shutting down"
         return result
 
     def _execute_gripper(self, handle):
@@ -328,19 +339,19 @@ class SimRobotNode(Node):
             with self.lock:
                 if self._pace_reset or wall0 is None:
                     wall0, sim0, self._pace_reset = time.monotonic(), self.sim.time, False
-                self.sim.step(LOOP_DT)
+                self.sim.step(self.loop_dt)
                 t = self.sim.time
                 stamp = _stamp(t)
                 newly = not self._succeeded and self.sim.success()
                 self._succeeded = self._succeeded or newly
                 joints = ee = None
-                if t + 1e-9 >= next_joint:
-                    next_joint = t + self.joint_period
+                if t + 1e-9 >= next_joint:  # on a fixed grid, so rates are not rounded up to loop steps
+                    next_joint = _next_tick(next_joint, self.joint_period, t)
                     joints = (self.sim.joint_positions(), self.sim.joint_velocities())
                     ee = self.sim.ee_pose()
                 images = {}
                 if t + 1e-9 >= next_cam:
-                    next_cam = t + self.camera_period
+                    next_cam = _next_tick(next_cam, self.camera_period, t)
                     images = {c: self.sim.render(c) for c in self.cams}
                 success = self._succeeded
             self.clock_pub.publish(Clock(clock=stamp))

@@ -206,6 +206,7 @@ class PandaSim:
             raise ValueError("twist has non-finite values")
         if self._mode != "servo":
             self._servo_xyz, self._servo_quat = self.ee_pose()
+            self._ik_countdown = 0  # solve IK for the new target at once, never reuse an old solution
             self._mode = "servo"
         self._twist = twist
         self._twist_time = self.time
