@@ -145,3 +145,29 @@ def wait_quiet(count, quiet: float = 0.5, timeout: float = DEADLINE, what: str =
 def wait_future(future, timeout: float = DEADLINE, what: str = "future"):
     wait_for(future.done, timeout, what)
     return future.result()
+
+
+class RawCollector:
+    """Raw (serialized) subscriptions in a spinning node: topic -> [(receive time, bytes)]."""
+
+    def __init__(self, node, topics_qos):
+        self.lock = threading.Lock()
+        self.got = {t: [] for t in topics_qos}
+        self.subs = [node.create_subscription(cls, topic, lambda d, t=topic: self._on(t, d), q, raw=True)
+                     for topic, (cls, q) in topics_qos.items()]
+
+    def _on(self, topic, data):
+        with self.lock:
+            self.got[topic].append((time.monotonic(), bytes(data)))
+
+    def count(self, topic):
+        with self.lock:
+            return len(self.got[topic])
+
+    def data(self, topic):
+        with self.lock:
+            return [d for _, d in self.got[topic]]
+
+    def times(self, topic):
+        with self.lock:
+            return [t for t, _ in self.got[topic]]

@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from ruamel.yaml import YAML
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
-from ros_testing import RosProcess, executable, spinning_node, wait_for
+from ros_testing import RawCollector, RosProcess, executable, spinning_node, wait_for
 from vla_ros.data.bags import BagError, BagReader, BagWriter, read_bag, write_bag
 
 N = 50
@@ -59,32 +58,6 @@ def _installed_hash(msgtype):
         if path.is_file():
             return json.loads(path.read_text())["type_hashes"][0]["hash_string"]
     raise AssertionError(f"no installed type description for {msgtype}")
-
-
-class RawCollector:
-    """Raw (serialized) subscriptions in a spinning node: topic -> [(receive time, bytes)]."""
-
-    def __init__(self, node, topics_qos):
-        self.lock = threading.Lock()
-        self.got = {t: [] for t in topics_qos}
-        self.subs = [node.create_subscription(cls, topic, lambda d, t=topic: self._on(t, d), q, raw=True)
-                     for topic, (cls, q) in topics_qos.items()]
-
-    def _on(self, topic, data):
-        with self.lock:
-            self.got[topic].append((time.monotonic(), bytes(data)))
-
-    def count(self, topic):
-        with self.lock:
-            return len(self.got[topic])
-
-    def data(self, topic):
-        with self.lock:
-            return [d for _, d in self.got[topic]]
-
-    def times(self, topic):
-        with self.lock:
-            return [t for t, _ in self.got[topic]]
 
 
 # ---------------------------------------------------------------------------- recording

@@ -26,7 +26,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from ros_testing import RosProcess, executable, ros_process, spinning_node, wait_for, wait_future
+from ros_testing import RawCollector, RosProcess, executable, ros_process, spinning_node, wait_for, wait_future
 from vla_ros.data.bags import BagReader, read_bag
 from vla_ros.sim.tasks import HELDOUT_TEMPLATES, TRAIN_TEMPLATES
 from vla_ros.srv import ResetEpisode
@@ -406,28 +406,6 @@ def _recorded_counts(log: str) -> dict:
     return {topic: int(n) for topic, n in re.findall(r"(\S+) (\d+)", lines[-1])}
 
 
-class RawCollector:
-    """Raw (serialized) subscriptions: topic -> [bytes] in arrival order."""
-
-    def __init__(self, node, topics_qos):
-        self.lock = threading.Lock()
-        self.got = {t: [] for t in topics_qos}
-        self.subs = [node.create_subscription(cls, topic, lambda d, t=topic: self._on(t, d), q, raw=True)
-                     for topic, (cls, q) in topics_qos.items()]
-
-    def _on(self, topic, data):
-        with self.lock:
-            self.got[topic].append(bytes(data))
-
-    def count(self, topic):
-        with self.lock:
-            return len(self.got[topic])
-
-    def data(self, topic):
-        with self.lock:
-            return list(self.got[topic])
-
-
 def test_recorded_sim_bag_replays_byte_identical_under_a_remapped_namespace(sim, watcher, tmp_path):
     rec = RosProcess(executable("recorder_node", "--ros-args", "-p", f"topics:=[{', '.join(REC_TOPICS)}]",
                                 "-p", f"output_dir:={tmp_path}", "-p", "bag_name:=sim",
@@ -476,6 +454,13 @@ def test_recorded_sim_bag_replays_byte_identical_under_a_remapped_namespace(sim,
         assert rc == 0, player.output()
         assert f"done: published {sum(counts.values())} messages" in player.output(), player.output()
         for topic in REC_TOPICS:
-            # every message, byte-identical to the bag's, in the bag's order
-            assert col.data(f"/replay{topic}") == originals[topic], topic
+            got = col.data(f"/replay{topic}")
+            if topic == "/front/image_raw":
+                # Best effort, as recorded: a reader may match the player's writer a moment after
+                # the writer saw it, and lose the first frames; what arrives is the bag's tail,
+                # byte-identical and in order.
+                assert len(got) >= len(originals[topic]) - 3, (len(got), len(originals[topic]))
+                assert got == originals[topic][len(originals[topic]) - len(got):], topic
+            else:  # reliable: every message, byte-identical to the bag's, in the bag's order
+                assert got == originals[topic], topic
     assert sim.alive()

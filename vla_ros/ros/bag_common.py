@@ -1,4 +1,5 @@
-"""What the recorder and player nodes share: message classes by type name, QoS, parameters."""
+"""What the recorder, player and sim robot nodes share: message classes by type name, QoS,
+parameters, signal handling and spinning."""
 from __future__ import annotations
 
 import importlib
@@ -73,3 +74,14 @@ class StopSignal:
 
     def __bool__(self):
         return self.event.is_set()
+
+
+def spin_until_stopped(executor, stop: threading.Event) -> None:
+    """Spin `executor` (in a thread) until `stop` is set; errors after the stop are the
+    context being shut down under it at exit and are ignored."""
+    while not stop.is_set():
+        try:
+            executor.spin_once(timeout_sec=0.05)
+        except Exception:  # noqa: BLE001 - context shut down under us at exit
+            if not stop.is_set():
+                raise

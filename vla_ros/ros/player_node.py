@@ -34,7 +34,8 @@ from rclpy.time import Time
 from rosgraph_msgs.msg import Clock
 
 from vla_ros.data.bags import BagError, BagReader
-from vla_ros.ros.bag_common import PARAM_ERRORS, StopSignal, descriptor, message_class, qos, string_array
+from vla_ros.ros.bag_common import (PARAM_ERRORS, StopSignal, descriptor, message_class, qos, spin_until_stopped,
+                                    string_array)
 
 CLOCK_PERIOD = 0.025   # s of wall time between /clock messages while waiting for the next message
 ACK_TIMEOUT = 5.0      # s to wait at the end for reliable subscribers to acknowledge everything
@@ -172,7 +173,7 @@ def main(args=None, parameter_overrides=None) -> int:
         return 2
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    spinner = threading.Thread(target=_spin, args=(executor, stop.event), daemon=True)
+    spinner = threading.Thread(target=spin_until_stopped, args=(executor, stop.event), daemon=True)
     spinner.start()
     code = 0
     try:
@@ -189,15 +190,6 @@ def main(args=None, parameter_overrides=None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     return code
-
-
-def _spin(executor, stop: threading.Event):
-    while not stop.is_set():
-        try:
-            executor.spin_once(timeout_sec=0.05)
-        except Exception:  # context shut down under us at exit
-            if not stop.is_set():
-                raise
 
 
 if __name__ == "__main__":

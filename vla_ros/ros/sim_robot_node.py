@@ -65,7 +65,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
-from vla_ros.ros.bag_common import PARAM_ERRORS, StopSignal, descriptor
+from vla_ros.ros.bag_common import PARAM_ERRORS, StopSignal, descriptor, spin_until_stopped
 from vla_ros.sim.panda import ARM_JOINTS, JOINT_NAMES, CameraSpec, PandaSim
 from vla_ros.sim.tasks import FAMILIES, PHRASINGS
 from vla_ros.srv import ResetEpisode
@@ -399,7 +399,7 @@ def main(args=None, parameter_overrides: list[Parameter] | None = None) -> int:
         return 2
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
-    spinner = threading.Thread(target=_spin, args=(executor, stop.event), daemon=True)
+    spinner = threading.Thread(target=spin_until_stopped, args=(executor, stop.event), daemon=True)
     spinner.start()
     try:
         node.run()
@@ -412,15 +412,6 @@ def main(args=None, parameter_overrides: list[Parameter] | None = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
-
-
-def _spin(executor, stop: threading.Event):
-    while not stop.is_set():
-        try:
-            executor.spin_once(timeout_sec=0.05)
-        except Exception:  # context shut down under us at exit
-            if not stop.is_set():
-                raise
 
 
 if __name__ == "__main__":
