@@ -132,3 +132,13 @@ def test_sim_core_and_collection_do_not_import_rclpy():
     code = "import sys, vla_ros.sim.panda, vla_ros.sim.expert, vla_ros.data.collect; print('rclpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("False")
+
+
+def test_reset_home_pose_does_not_depend_on_where_the_last_episode_left_the_arm(sim):
+    sim.reset(21, "push")
+    q_first, pose_first = sim.joint_positions(), sim.ee_pose()
+    sim.command_positions(q_first[:7] + np.array([1.0, 0.5, -1.0, 0.5, 1.5, -0.5, 2.0]))
+    sim.step(2.0)  # the arm ends far away in an odd posture, as after a failed episode
+    sim.reset(21, "push")
+    np.testing.assert_allclose(sim.joint_positions(), q_first, atol=1e-9)
+    np.testing.assert_allclose(sim.ee_pose()[1], pose_first[1], atol=1e-9)

@@ -677,6 +677,7 @@ class PolicyNode(LifecycleNode):
             return
         self._gripper_state = want_open
         pos = self.p["gripper.open_position"] if want_open else self.p["gripper.closed_position"]
+        self.get_logger().info(f"gripper: {'open' if want_open else 'close'} (model output {value:.2f})")
         goal = GripperCommand.Goal()
         goal.command.position, goal.command.max_effort = pos, self.p["gripper.max_effort"]
         self.gripper_client.send_goal_async(goal)

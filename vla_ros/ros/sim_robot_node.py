@@ -277,6 +277,7 @@ class SimRobotNode(Node):
         if not np.isfinite(cmd.position):
             handle.abort()
             return result
+        self.get_logger().info(f"GripperCommand goal: position {cmd.position:.3f}, max_effort {cmd.max_effort:g}")
         with self.lock:
             self._gripper_goal = handle
             self.sim.command_gripper(cmd.position, cmd.max_effort)

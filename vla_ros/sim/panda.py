@@ -114,7 +114,14 @@ class PandaSim:
         self.objects = sample_scene(rng, self.object_count)
         self._bodies = [self._spawn(o) for o in self.objects]
         home = HOME_XYZ + rng.uniform(-home_jitter, home_jitter, 3)
-        q = self._ik(home, DOWN, REST_POSE)
+        # PyBullet's IK iterates from the CURRENT joint positions: start it from the rest pose
+        # every time, so the home configuration depends on the seed only, never on where the
+        # previous episode left the arm (which could yaw the hand and leave the policy
+        # looking at a robot it never saw), and refine it a few times.
+        q = REST_POSE
+        for _ in range(3):
+            self._set_arm(q, 0.0)
+            q = self._ik(home, DOWN, REST_POSE)
         self._set_arm(q, 0.0)
         self._reset_controllers(q)
         self.task = task if task is not None else sample_task(rng, self.objects, family, phrasing)
