@@ -147,6 +147,22 @@ def wait_future(future, timeout: float = DEADLINE, what: str = "future"):
     return future.result()
 
 
+def call_service(client, request, what: str = "service response", attempt_timeout: float = 10.0,
+                 timeout: float = DEADLINE):
+    """Call a service and return its response, sending the request again when no response
+    came within attempt_timeout: right after discovery the server's reply can be lost while
+    its response writer has not yet matched the client's reader (Fast DDS), even though
+    wait_for_service already succeeded. Only for requests that are safe to repeat."""
+    end = time.monotonic() + timeout
+    while True:
+        future = client.call_async(request)
+        try:
+            return wait_future(future, min(attempt_timeout, max(0.0, end - time.monotonic())), what)
+        except AssertionError:
+            if time.monotonic() >= end:
+                raise
+
+
 class RawCollector:
     """Raw (serialized) subscriptions in a spinning node: topic -> [(receive time, bytes)]."""
 

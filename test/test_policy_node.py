@@ -10,7 +10,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from controller_standin import PANDA_JOINTS, RobotStandIn
-from ros_testing import ROOT, executable, ros_process, wait_for, wait_future, wait_quiet
+from ros_testing import ROOT, call_service, executable, ros_process, wait_for, wait_future, wait_quiet
 from vla_ros.action import ExecuteInstruction
 from vla_ros.msg import ActionChunk, PolicyStatus
 
@@ -187,12 +187,12 @@ def test_estop_latches_until_reset(robot, tmp_path):
         estop = robot.node.create_client(Trigger, "policy_node/estop")
         reset = robot.node.create_client(Trigger, "policy_node/reset")
         assert estop.wait_for_service(timeout_sec=30)
-        assert wait_future(estop.call_async(Trigger.Request())).success
+        assert call_service(estop, Trigger.Request()).success
         wait_for(lambda: "E-STOP latched" in proc.output(), process=proc)
         n = robot.counts()["fwd"]
         n2 = wait_quiet(lambda: robot.counts()["fwd"])
         assert n2 <= n + 40  # at most the deceleration ramp, then nothing
-        assert wait_future(reset.call_async(Trigger.Request())).success
+        assert call_service(reset, Trigger.Request()).success
         wait_for(lambda: robot.counts()["fwd"] > n2, what="commands after reset", process=proc)
 
 
@@ -218,22 +218,33 @@ def test_lifecycle_transitions_configure_activate_deactivate(robot, tmp_path):
         change = robot.node.create_client(ChangeState, "policy_node/change_state")
         get = robot.node.create_client(GetState, "policy_node/get_state")
         assert change.wait_for_service(timeout_sec=60) and get.wait_for_service(timeout_sec=60)
-        assert wait_future(get.call_async(GetState.Request())).current_state.label == "unconfigured"
+        def state():
+            return call_service(get, GetState.Request(), "get_state response").current_state.label
 
-        def transition(tid):
-            return wait_future(change.call_async(ChangeState.Request(transition=Transition(id=tid)))).success
+        assert state() == "unconfigured"
 
-        assert transition(Transition.TRANSITION_CONFIGURE)
+        def transition(tid, label):
+            """Request a transition and check the node reached `label`. ChangeState is not safe to
+            repeat, so a response lost at discovery is not re-sent: get_state tells what happened."""
+            future = change.call_async(ChangeState.Request(transition=Transition(id=tid)))
+            try:
+                assert wait_future(future, 15.0, "change_state response").success
+            except AssertionError:
+                if future.done():
+                    raise
+            return state() == label
+
+        assert transition(Transition.TRANSITION_CONFIGURE, "inactive")
         instruct(robot, proc, "touch the red cube")
         assert robot.counts()["fwd"] == 0  # configured but inactive: nothing is commanded
-        assert transition(Transition.TRANSITION_ACTIVATE)
+        assert transition(Transition.TRANSITION_ACTIVATE, "active")
         wait_for(lambda: robot.counts()["fwd"] >= 10, what="commands once active", process=proc)
-        assert transition(Transition.TRANSITION_DEACTIVATE)
+        assert transition(Transition.TRANSITION_DEACTIVATE, "inactive")
         wait_for(lambda: "inactive: holding the arm" in proc.output(), process=proc)
         n = robot.counts()["fwd"]
         n2 = wait_quiet(lambda: robot.counts()["fwd"])
         assert n2 <= n + 40
-        assert wait_future(get.call_async(GetState.Request())).current_state.label == "inactive"
+        assert state() == "inactive"
 
 
 def test_gripper_dimension_goes_through_the_gripper_command_action(robot, tmp_path):

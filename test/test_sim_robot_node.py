@@ -26,7 +26,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from ros_testing import RawCollector, RosProcess, executable, ros_process, spinning_node, wait_for, wait_future
+from ros_testing import (RawCollector, RosProcess, call_service, executable, ros_process, spinning_node, wait_for,
+                         wait_future)
 from vla_ros.data.bags import BagReader, read_bag
 from vla_ros.sim.tasks import HELDOUT_TEMPLATES, TRAIN_TEMPLATES
 from vla_ros.srv import ResetEpisode
@@ -127,8 +128,8 @@ class SimWatcher:
     def reset(self, proc, seed=SEED, family="", phrasing=""):
         """Call ~/reset_episode; once it succeeded, wait until fresh joint states and poses arrived."""
         assert self.reset_client.wait_for_service(timeout_sec=60)
-        response = wait_future(self.reset_client.call_async(
-            ResetEpisode.Request(seed=seed, family=family, phrasing=phrasing)), what="reset_episode response")
+        response = call_service(self.reset_client, ResetEpisode.Request(seed=seed, family=family, phrasing=phrasing),
+                                "reset_episode response")
         if response.success:
             # The arm is at home at once; wait for states stamped well after the reset.
             t = self.now() + 0.2

@@ -121,6 +121,18 @@ def _wait(future, deadline: float, what: str, graph: Graph):
     return future.result()
 
 
+def _call_with_retries(call, what: str, graph: Graph, attempt_timeout: float = 10.0, attempts: int = 3):
+    """Send a request that is safe to repeat, again when its response does not come: right
+    after discovery a reply can be lost while the server's writer has not yet matched this
+    client's reader (Fast DDS), even though the service or action server was reported ready."""
+    for attempt in range(attempts):
+        try:
+            return _wait(call(), time.monotonic() + attempt_timeout, what, graph)
+        except TimeoutError:
+            if attempt == attempts - 1:
+                raise
+
+
 def contact_sheet(frames: list[np.ndarray], path: Path, columns: int = 8, max_frames: int = 32) -> None:
     """A grid of up to ``max_frames`` evenly spaced frames, written as PNG (OpenCV)."""
     import cv2
@@ -168,9 +180,10 @@ def evaluate(checkpoint: str, families=("touch", "push"), episodes: int = 50, se
             for i in range(episodes):
                 ep_seed = seed + i
                 driver.success_seen.clear()
-                reply = _wait(driver.reset_client.call_async(
-                    ResetEpisode.Request(seed=ep_seed, family=family, phrasing=phrasing)),
-                    time.monotonic() + 30, "reset_episode", graph)
+                reply = _call_with_retries(
+                    lambda: driver.reset_client.call_async(
+                        ResetEpisode.Request(seed=ep_seed, family=family, phrasing=phrasing)),
+                    "reset_episode response", graph)
                 if not reply.success:
                     raise RuntimeError(f"reset_episode failed: {reply.message}")
                 if not driver.success_seen.wait(timeout=30):
@@ -181,8 +194,9 @@ def evaluate(checkpoint: str, families=("touch", "push"), episodes: int = 50, se
                 wall_limit = timeout / max(real_time_factor, 0.05) * 4 + 60
                 handle = None
                 for _attempt in range(50):  # the node rejects goals until it is active
-                    handle = _wait(driver.goal_client.send_goal_async(goal), time.monotonic() + 30,
-                                   "ExecuteInstruction goal response", graph)
+                    # A new goal preempts an earlier one whose response was lost, so resending is safe.
+                    handle = _call_with_retries(lambda: driver.goal_client.send_goal_async(goal),
+                                                "ExecuteInstruction goal response", graph)
                     if handle.accepted:
                         break
                     time.sleep(0.2)
