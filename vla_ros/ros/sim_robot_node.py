@@ -66,15 +66,11 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.ros.bag_common import PARAM_ERRORS, StopSignal, descriptor, spin_until_stopped
-from vla_ros.sim.panda import ARM_JOINTS, JOINT_NAMES, CameraSpec, PandaSim
+from vla_ros.sim.panda import ARM_JOINTS, CAMERA_VIEWS, JOINT_NAMES, CameraSpec, PandaSim
 from vla_ros.sim.tasks import FAMILIES, PHRASINGS
 from vla_ros.srv import ResetEpisode
 
 LOOP_DT = 0.01          # s of simulated time per loop step (/clock resolution), rounded to whole physics steps
-CAMERAS = {
-    "front": dict(eye=(0.95, 0.0, 0.55), target=(0.48, 0.0, 0.06), fov=48.0),
-    "side": dict(eye=(0.50, -0.75, 0.50), target=(0.50, 0.0, 0.06), fov=50.0),
-}
 GRIPPER_TOLERANCE = 0.002   # m: GripperCommand reached_goal
 GRIPPER_STALL_TIME = 0.3    # s of simulated time without finger motion: stalled (holding an object)
 
@@ -102,7 +98,7 @@ class SimRobotNode(Node):
         d("real_time_factor", 1.0, descriptor("Simulation speed over wall-clock time; 0: as fast as possible.",
                                               float_range=(0.0, 100.0)))
         d("physics_hz", 240.0, descriptor("Physics steps per simulated second.", float_range=(100.0, 2000.0)))
-        d("camera.names", ["front"], ParameterDescriptor(description="Cameras to render: " + ", ".join(CAMERAS)))
+        d("camera.names", ["front"], ParameterDescriptor(description="Cameras to render: " + ", ".join(CAMERA_VIEWS)))
         d("camera.width", 96, descriptor("Image width, pixels.", int_range=(16, 1920)))
         d("camera.height", 96, descriptor("Image height, pixels.", int_range=(16, 1080)))
         d("camera.rate", 10.0, descriptor("Images per simulated second.", float_range=(0.1, 100.0)))
@@ -115,10 +111,10 @@ class SimRobotNode(Node):
         d("base_frame", "panda_link0", descriptor("Frame of ee_pose and of twist commands."))
         g = lambda n: self.get_parameter(n).value  # noqa: E731
         self.cams = list(g("camera.names"))
-        unknown = [c for c in self.cams if c not in CAMERAS]
+        unknown = [c for c in self.cams if c not in CAMERA_VIEWS]
         if not self.cams or unknown:
             raise ValueError(f"parameter 'camera.names' has unknown camera(s) {unknown or '(none given)'}; "
-                             f"available: {sorted(CAMERAS)}")
+                             f"available: {sorted(CAMERA_VIEWS)}")
         family, phrasing = g("family"), g("phrasing")
         if family and family not in FAMILIES:
             raise ValueError(f"parameter 'family' is {family!r}; expected one of {list(FAMILIES)} or empty")
@@ -129,8 +125,7 @@ class SimRobotNode(Node):
         self.camera_period = 1.0 / g("camera.rate")
         self.joint_period = 1.0 / g("joint_state_rate")
         self.lock = threading.RLock()
-        specs = [CameraSpec(name=c, width=g("camera.width"), height=g("camera.height"), **CAMERAS[c])
-                 for c in self.cams]
+        specs = [CameraSpec.named(c, g("camera.width"), g("camera.height")) for c in self.cams]
         self.sim = PandaSim(specs, physics_hz=g("physics_hz"), objects=g("objects"))
         self.loop_dt = max(1, round(LOOP_DT * g("physics_hz"))) * self.sim.dt
         self._succeeded = False

@@ -54,15 +54,27 @@ OBJECT_HALF = 0.025  # cubes are 5 cm, cylinders 5 cm across and high
 TWIST_TIMEOUT = 0.25  # s without a twist message -> the servo target stops moving
 
 
+# The fixed cameras: eye and target points in the base frame (m), vertical field of view (deg).
+CAMERA_VIEWS = {
+    "front": dict(eye=(0.95, 0.0, 0.55), target=(0.48, 0.0, 0.06), fov=48.0),
+    "side": dict(eye=(0.50, -0.75, 0.50), target=(0.50, 0.0, 0.06), fov=50.0),
+}
+
+
 @dataclasses.dataclass
 class CameraSpec:
     """A fixed camera: name, image size, eye and target points (m), vertical field of view."""
     name: str = "front"
     width: int = 96
     height: int = 96
-    eye: tuple = (0.95, 0.0, 0.55)
-    target: tuple = (0.48, 0.0, 0.06)
-    fov: float = 48.0
+    eye: tuple = CAMERA_VIEWS["front"]["eye"]
+    target: tuple = CAMERA_VIEWS["front"]["target"]
+    fov: float = CAMERA_VIEWS["front"]["fov"]
+
+    @classmethod
+    def named(cls, name: str, width: int = 96, height: int = 96) -> "CameraSpec":
+        """One of CAMERA_VIEWS at the given image size."""
+        return cls(name, width, height, **CAMERA_VIEWS[name])
 
 
 def _wxyz_to_xyzw(q):
