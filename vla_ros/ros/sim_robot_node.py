@@ -80,6 +80,15 @@ def _stamp(t: float) -> TimeMsg:
     return TimeMsg(sec=ns // 10**9, nanosec=ns % 10**9)
 
 
+def _episode_problem(family: str, phrasing: str) -> str | None:
+    """What is wrong with an episode's family ("" = random) and phrasing set, or None."""
+    if family and family not in FAMILIES:
+        return f"'family' is {family!r}; expected one of {list(FAMILIES)} or empty"
+    if phrasing not in PHRASINGS:
+        return f"'phrasing' is {phrasing!r}; expected one of {list(PHRASINGS)}"
+    return None
+
+
 def _next_tick(due: float, period: float, now: float) -> float:
     """The next time on the grid due + k * period after now (skipping ticks when behind)."""
     due += period
@@ -116,10 +125,9 @@ class SimRobotNode(Node):
             raise ValueError(f"parameter 'camera.names' has unknown camera(s) {unknown or '(none given)'}; "
                              f"available: {sorted(CAMERA_VIEWS)}")
         family, phrasing = g("family"), g("phrasing")
-        if family and family not in FAMILIES:
-            raise ValueError(f"parameter 'family' is {family!r}; expected one of {list(FAMILIES)} or empty")
-        if phrasing not in PHRASINGS:
-            raise ValueError(f"parameter 'phrasing' is {phrasing!r}; expected one of {list(PHRASINGS)}")
+        problem = _episode_problem(family, phrasing)
+        if problem:
+            raise ValueError(f"parameter {problem}")
         self.rtf = g("real_time_factor")
         self.base_frame = g("base_frame")
         self.camera_period = 1.0 / g("camera.rate")
@@ -314,11 +322,9 @@ class SimRobotNode(Node):
     def _on_reset(self, request, response):
         family = request.family or None
         phrasing = request.phrasing or "train"
-        if family is not None and family not in FAMILIES:
-            response.success, response.message = False, f"unknown family {family!r}; expected one of {list(FAMILIES)}"
-            return response
-        if phrasing not in PHRASINGS:
-            response.success, response.message = False, f"unknown phrasing {phrasing!r}; expected one of {list(PHRASINGS)}"
+        problem = _episode_problem(request.family, phrasing)
+        if problem:
+            response.success, response.message = False, problem
             return response
         self._reset(request.seed, family, phrasing)
         task = self.sim.task
