@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_ros.share import share_dirs
+
 VISION_ENCODERS = ("cnn", "vit", "pretrained")
 LANGUAGE_ENCODERS = ("simple", "pretrained")
 FUSIONS = ("film", "cross_attention", "prefix")
@@ -292,17 +294,12 @@ class VLAConfig:
 
 # ---------------------------------------------------------------------------- presets
 def preset_dirs() -> list[Path]:
-    """Where presets are looked up, first match wins.
-
-    1. ``$VLA_ROS_SHARE/config/models`` and ``$VLA_ROS_SHARE/models`` (installed share dir,
-       e.g. ``install/vla_ros/share/vla_ros``), when the variable is set;
-    2. the source tree's ``config/models`` (two levels above this package).
-    """
-    dirs: list[Path] = []
-    share = os.environ.get("VLA_ROS_SHARE")
-    if share:
-        dirs += [Path(share) / "config" / "models", Path(share) / "models"]
-    dirs.append(Path(__file__).resolve().parents[2] / "config" / "models")
+    """Where presets are looked up, first match wins: ``config/models`` of each of
+    :func:`vla_ros.share.share_dirs` ($VLA_ROS_SHARE, then the source tree, then installs),
+    and ``$VLA_ROS_SHARE/models`` right after ``$VLA_ROS_SHARE/config/models``."""
+    dirs = [d / "config" / "models" for d in share_dirs()]
+    if os.environ.get("VLA_ROS_SHARE"):
+        dirs.insert(1, Path(os.environ["VLA_ROS_SHARE"]) / "models")
     return dirs
 
 

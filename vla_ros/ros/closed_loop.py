@@ -36,6 +36,7 @@ from std_msgs.msg import Bool
 
 from vla_ros.action import ExecuteInstruction
 from vla_ros.ros.conversions import image_to_rgb
+from vla_ros.share import share_dirs
 from vla_ros.srv import ResetEpisode
 
 OUTCOMES = {v: k[len("OUTCOME_"):].lower() for k, v in vars(ExecuteInstruction.Result).items()
@@ -43,15 +44,11 @@ OUTCOMES = {v: k[len("OUTCOME_"):].lower() for k, v in vars(ExecuteInstruction.R
 
 
 def share_dir() -> Path:
-    """Where config/ lives: the source tree, or share/vla_ros of an install."""
-    here = Path(__file__).resolve().parents[2]
-    if (here / "config" / "robots").is_dir():
-        return here
-    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        cand = Path(prefix) / "share" / "vla_ros"
-        if (cand / "config" / "robots").is_dir():
-            return cand
-    raise FileNotFoundError("cannot find vla_ros' config/ (source tree or share/vla_ros)")
+    """The first of vla_ros.share.share_dirs() that holds config/robots."""
+    for d in share_dirs():
+        if (d / "config" / "robots").is_dir():
+            return d
+    raise FileNotFoundError("cannot find vla_ros' config/robots ($VLA_ROS_SHARE, source tree or share/vla_ros)")
 
 
 class Graph:
