@@ -100,19 +100,14 @@ def smoke(args) -> int:
 
 
 def sim_demo(args) -> int:
-    from vla_ros.ros.closed_loop import evaluate, format_table
+    from vla_ros.cli import main as vla_ros_cli
 
     checkpoint = ROOT / "checkpoints" / "sim_demo"
     print(f"[demo] simulated Panda + policy node ({checkpoint.relative_to(ROOT)}): {args.episodes} episodes per "
           f"task family {args.families}, unseen scenes (seeds from {args.seed})", flush=True)
-    report = evaluate(str(checkpoint), families=tuple(args.families), episodes=args.episodes, seed=args.seed,
-                      phrasing=args.phrasing, out_dir=args.out, log=lambda line: print(line, flush=True))
-    print()
-    print(format_table(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
-        print(f"[demo] report written to {args.json}")
-    return 0
+    return vla_ros_cli(["eval", "--checkpoint", str(checkpoint), "--episodes", str(args.episodes),
+                        "--families", *args.families, "--seed", str(args.seed), "--phrasing", args.phrasing,
+                        "--out", args.out, *(["--json", args.json] if args.json else [])])
 
 
 def main() -> int:

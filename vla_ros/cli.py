@@ -114,7 +114,9 @@ def _eval(args) -> int:
     from vla_ros.ros.closed_loop import evaluate, format_table
     report = evaluate(args.checkpoint, families=tuple(args.families), episodes=args.episodes, seed=args.seed,
                       phrasing=args.phrasing, timeout=args.timeout, real_time_factor=args.real_time_factor,
-                      params_file=args.params_file, out_dir=args.out, contact_sheets=args.contact_sheets)
+                      params_file=args.params_file, out_dir=args.out, contact_sheets=args.contact_sheets,
+                      log=lambda line: print(line, flush=True))  # progress shows at once through pipes too
+    print()
     print(format_table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
