@@ -38,12 +38,12 @@ class ScriptedExpert:
         self._grasp_ticks = 0
         self._push_start = None
 
-    def _waypoints(self, sim: PandaSim) -> tuple[list[np.ndarray], float]:
+    def _waypoints(self, sim: PandaSim) -> list[np.ndarray]:
         task = sim.task
         obj = sim.object_position(task.target)
         if task.family == "touch":
             top = obj[2] + OBJECT_HALF
-            return [np.array([obj[0], obj[1], APPROACH_HEIGHT]), np.array([obj[0], obj[1], top - 0.012])], 1.0
+            return [np.array([obj[0], obj[1], APPROACH_HEIGHT]), np.array([obj[0], obj[1], top - 0.012])]
         if task.family == "push":
             if self._push_start is None:
                 self._push_start = obj.copy()
@@ -52,15 +52,15 @@ class ScriptedExpert:
             pre = start - d * PUSH_STANDOFF
             end = start + d * PUSH_THROUGH
             return [np.array([pre[0], pre[1], APPROACH_HEIGHT]), np.array([pre[0], pre[1], PUSH_HEIGHT]),
-                    np.array([end[0], end[1], PUSH_HEIGHT])], 1.0
+                    np.array([end[0], end[1], PUSH_HEIGHT])]
         # pick: over the object, down around it with the gripper open, close, lift
         return [np.array([obj[0], obj[1], APPROACH_HEIGHT]), np.array([obj[0], obj[1], 0.02]),
-                np.array([obj[0], obj[1], 0.2])], 1.0
+                np.array([obj[0], obj[1], 0.2])]
 
     def act(self, sim: PandaSim, period: float) -> tuple[np.ndarray, np.ndarray, float]:
         """(linear velocity, angular velocity, gripper) for the next control period."""
         ee, _ = sim.ee_pose()
-        waypoints, _ = self._waypoints(sim)
+        waypoints = self._waypoints(sim)
         family = sim.task.family
         gripper = 0.0
         if family == "pick":
