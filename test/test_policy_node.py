@@ -127,11 +127,11 @@ def test_stale_images_make_the_node_hold_within_one_watchdog_period(robot, tmp_p
         instruct(robot, proc, "touch the red cube")
         wait_for(lambda: robot.counts()["fwd"] >= 10, what="commands", process=proc)
         robot.publish_images = False
-        wait_for(lambda: "holding the arm: stale input: camera:front" in proc.output(), what="hold", process=proc)
+        wait_for(lambda: "holding the arm: stale input (camera:front" in proc.output(), what="hold", process=proc)
         # The node's own clock says how old the last image was when it held: past max_age
         # (0.3 s) and within one more watchdog period (typically one 33 ms tick). Measured in
         # the node, so the test process's scheduling does not enter into it.
-        age = float(re.search(r"camera:front ([0-9.]+) s ago", proc.output()).group(1))
+        age = float(re.search(r"camera:front last received ([0-9.]+) s ago", proc.output()).group(1))
         assert 0.3 < age < 0.6, f"held when the last image was {age:.3f} s old"
         wait_for(lambda: any(s.state == PolicyStatus.STATE_HOLDING for s in statuses), what="HOLDING status")
         n = robot.counts()["fwd"]
@@ -309,7 +309,7 @@ def test_nan_joint_states_make_the_node_hold_and_log_once(robot, tmp_path):
             msg.position = [float("nan")] * len(msg.position)
             return msg
         robot.joint_state_override = nan_positions
-        wait_for(lambda: "holding the arm: stale input: joint_states" in proc.output(), what="hold", process=proc)
+        wait_for(lambda: "holding the arm: stale input (joint_states" in proc.output(), what="hold", process=proc)
         n = robot.counts()["fwd"]
         n2 = wait_quiet(lambda: robot.counts()["fwd"])
         assert n2 <= n + 40  # braking ramp at most, then nothing

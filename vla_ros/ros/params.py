@@ -43,6 +43,11 @@ SPEC: dict[str, tuple[Parameter.Type, Any, str, dict]] = {
     "model.threads": (Parameter.Type.INTEGER, 0,
                       "CPU threads for torch (torch.set_num_threads); 0 keeps torch's default. 1 is often "
                       "fastest on small shared boards.", {"range": (0, 256)}),
+    "model.process": (Parameter.Type.STRING, "server",
+                      "Where the model runs: server (its own process, started and supervised by the node, so "
+                      "inference never holds the control loop's interpreter) or in_process (a thread of the node; "
+                      "for tests and boards where a second process is not possible: the control rate jitters).",
+                      {"choices": ("server", "in_process")}),
     "model.seed": (Parameter.Type.INTEGER, 0, "Seed for sampling decoders (flow matching).", {"range": (0, 2**31 - 1)}),
     # -- inputs --------------------------------------------------------------------------
     "cameras.names": (Parameter.Type.STRING_ARRAY, ["front"],
@@ -109,7 +114,9 @@ SPEC: dict[str, tuple[Parameter.Type, Any, str, dict]] = {
     "workspace.min": (Parameter.Type.DOUBLE_ARRAY, [-INF, -INF, -INF], "Workspace box lower corner (m) in ee.frame.", {}),
     "workspace.max": (Parameter.Type.DOUBLE_ARRAY, [INF, INF, INF], "Workspace box upper corner (m) in ee.frame.", {}),
     # -- behaviour -----------------------------------------------------------------------
-    "dry_run": (Parameter.Type.BOOL, False, "Compute and publish ActionChunk, command nothing.", {}),
+    "dry_run": (Parameter.Type.BOOL, False,
+                "Compute and publish ActionChunk, command nothing. Applies live (ros2 param set): switching it on "
+                "while the arm moves brings the arm to rest; every other parameter is read-only after start-up.", {}),
     "autostart": (Parameter.Type.BOOL, False,
                   "Configure and activate at start-up (without a lifecycle manager).", {}),
     "default_timeout": (Parameter.Type.DOUBLE, 60.0,
@@ -166,8 +173,8 @@ def read(node) -> PolicyNodeParams:
         arr = list(v[key])
         if len(arr) != len(names):
             raise ParameterError(f"parameter '{key}' has {len(arr)} values for {len(names)} joints {names}")
-        if any(math.isnan(x) for x in arr):
-            raise ParameterError(f"parameter '{key}' contains NaN: {arr}")
+        if not all(math.isfinite(x) for x in arr):
+            raise ParameterError(f"parameter '{key}' must be finite numbers, got {arr}")
     for i, n in enumerate(names):
         if not v["joints.lower"][i] < v["joints.upper"][i]:
             raise ParameterError(f"parameters 'joints.lower'/'joints.upper' for joint '{n}': "

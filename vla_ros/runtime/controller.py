@@ -1,0 +1,421 @@
+"""The policy node's control state machine, without ROS: when to act, when to hold, when to infer.
+
+One `Controller` owns every piece of state the control loop depends on (inputs, instruction,
+chunk queue, e-stop latch, dry run, in-flight inference, step count, task success) behind one
+lock, and every method takes the time as an argument (`now`, seconds on the node's clock:
+wall time, or /clock under `use_sim_time`), so the whole state machine is tested with a
+fake clock (test/test_runtime_controller.py).
+
+Timeline. Control ticks are counted from an origin (activation): tick k is due at
+``origin + k * period``. A chunk computed from an observation stamped ``s`` is placed on
+that timeline by its stamp, its action i belonging to tick ``ceil((s - origin) / period) + i``
+(the dataset aligns a frame with the control ticks from the frame on), so the actions that
+are already in the past when the chunk arrives are skipped, never executed late. A loop that
+wakes late takes the tick its clock says, skipping the missed ones (it never replays them).
+
+Inference. `take_request` hands out an observation (the newest frame of every camera, the
+joint state, the instruction) when the queue needs a refill, no request is in flight and at
+least one camera has a frame no request used yet; the node asks on every new frame and on
+every tick, so a request leaves as soon as a new frame makes it possible. `add_chunk` /
+`inference_failed` answer it. A request that takes longer than `inference_timeout` makes the
+arm hold until a chunk arrives again.
+
+Threads. The node calls in from sensor callbacks, the control loop, the inference client's
+reader, services and the action server; every method takes the lock and returns plain values.
+"""
+from __future__ import annotations
+
+import enum
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from vla_ros.runtime.chunk_queue import ChunkQueue
+from vla_ros.runtime.watchdog import Watchdog
+
+__all__ = ["Controller", "ControllerConfig", "Hold", "Observation", "TickResult"]
+
+
+class Hold(enum.Enum):
+    """Why the arm is not following the policy right now (NONE: it is)."""
+
+    NONE = "running"
+    INACTIVE = "inactive"
+    NO_INSTRUCTION = "no instruction"
+    WAITING_FOR_INPUT = "waiting for the first camera frames and joint states"
+    WAITING_FOR_CHUNK = "waiting for the first action chunk"
+    STALE_INPUT = "stale input"
+    INFERENCE_TIMEOUT = "inference slower than control.inference_timeout"
+    INFERENCE_FAILED = "inference failed"
+    QUEUE_DRY = "action queue ran dry"
+    UNSAFE_COMMAND = "unsafe command rejected"
+    ESTOP = "e-stop latched"
+    TASK_ENDED = "task ended"
+    DRY_RUN = "dry run"
+    SHUTDOWN = "shutting down"
+    CONTROL_ERROR = "control loop error"
+
+    @property
+    def is_fault(self) -> bool:
+        """Worth a warning: something went wrong (the others are normal operation)."""
+        return self in _FAULTS
+
+    @property
+    def stopped(self) -> bool:
+        """Holds that come after motion was stopped on purpose (PolicyStatus HOLDING, not IDLE)."""
+        return self not in (Hold.NONE, Hold.INACTIVE, Hold.NO_INSTRUCTION)
+
+
+_FAULTS = {Hold.STALE_INPUT, Hold.INFERENCE_TIMEOUT, Hold.INFERENCE_FAILED, Hold.QUEUE_DRY,
+           Hold.UNSAFE_COMMAND, Hold.ESTOP, Hold.CONTROL_ERROR}
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    cameras: Sequence[str]
+    horizon: int
+    dim: int
+    period: float                       # control period, s
+    camera_timeout: float = 0.5         # cameras.max_age
+    joint_timeout: float = 0.5          # joint_states.timeout
+    extra_inputs: dict = field(default_factory=dict)  # name -> timeout (e.g. ee_pose)
+    inference_timeout: float = 2.0
+    ensemble: str = "ensemble"
+    ensemble_decay: float = 0.01
+    refill_threshold: int = 4
+    dry_run: bool = False
+    needs_state: bool = True            # the model takes proprioception
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one inference request is computed from."""
+
+    request_id: int
+    images: list                        # one array per camera, config order
+    instruction: str
+    state: np.ndarray | None            # the model's state vector (None: the model takes none)
+    stamp: float                        # the newest frame's stamp (s, node clock)
+    stamp_msg: Any                      # the same stamp as the caller gave it (e.g. builtin_interfaces/Time)
+    start_tick: int                     # the tick that chunk[0] belongs to
+
+
+@dataclass(frozen=True)
+class TickResult:
+    tick: int
+    action: np.ndarray | None           # the action for this tick, None while holding
+    hold: Hold
+    detail: str                         # more about the hold (stale inputs and their age, ...)
+    hold_started: bool                  # the arm was following the policy until this tick: stop it
+    hold_changed: bool                  # a different hold reason than last tick (log it)
+    command: bool                       # send `action` to the robot (false in dry run)
+
+
+class Controller:
+    """Inputs in, one decision per control tick out. See the module docstring."""
+
+    def __init__(self, cfg: ControllerConfig):
+        if not cfg.period > 0 or not math.isfinite(cfg.period):
+            raise ValueError(f"period must be a positive number, got {cfg.period!r}")
+        self.cfg = cfg
+        self.cameras = list(cfg.cameras)
+        self.period = float(cfg.period)
+        self.queue = ChunkQueue(cfg.horizon, cfg.dim, mode=cfg.ensemble, ensemble_decay=cfg.ensemble_decay,
+                                refill_threshold=min(cfg.refill_threshold, cfg.horizon - 1))
+        timeouts = {f"camera:{c}": cfg.camera_timeout for c in self.cameras}
+        timeouts["joint_states"] = cfg.joint_timeout
+        timeouts.update(cfg.extra_inputs)
+        self.watchdog = Watchdog(timeouts)
+        self._lock = threading.RLock()
+        self._active = False
+        self._shutdown = False
+        self._estop: str | None = None
+        self.dry_run = bool(cfg.dry_run)
+        self.instruction = ""
+        self._frames: dict[str, tuple[Any, float, Any]] = {}   # camera -> (image, stamp s, stamp as given)
+        self._unused: set[str] = set()                         # cameras whose newest frame no request used
+        self.dropped_frames = 0
+        self.joint_positions: np.ndarray | None = None         # configured joints, in order
+        self.state: np.ndarray | None = None                   # the model's state vector
+        self._origin = 0.0
+        self._last_tick = -1
+        self._hold = Hold.INACTIVE
+        self._detail = ""
+        self._ended_hold: tuple[Hold, str] | None = None       # set by stop(): reported at the next tick
+        self._had_chunk = False                                # a chunk arrived for this instruction
+        self._in_flight_since: float | None = None
+        self._in_flight_id: int | None = None
+        self._error_hold: tuple[Hold, str] | None = None       # inference failure / unsafe command, until a chunk
+        self.steps = 0
+        self.chunks = 0
+        self.last_error = ""
+        # Task success counts only on a false -> true edge after the goal started (a success still
+        # being repeated from the previous task must not end a new goal at once).
+        self._success_seen: bool | None = None
+        self._success_armed = False
+        self.succeeded = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def activate(self, now: float) -> None:
+        with self._lock:
+            self._active = True
+            self._reset_timeline(now)
+            # Arrivals from before activation do not count: wait for fresh ones.
+            self.watchdog.reset()
+            self._frames.clear()
+            self._unused.clear()
+            self.joint_positions = self.state = None
+
+    def deactivate(self) -> None:
+        with self._lock:
+            self._active = False
+            self._clear_queue()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._shutdown = True
+            self._clear_queue()
+
+    @property
+    def active(self) -> bool:
+        with self._lock:
+            return self._active and not self._shutdown
+
+    def _reset_timeline(self, now: float) -> None:
+        self._origin = float(now)
+        self._last_tick = -1
+        self._clear_queue()
+        self.queue = ChunkQueue(self.cfg.horizon, self.cfg.dim, mode=self.cfg.ensemble,
+                                ensemble_decay=self.cfg.ensemble_decay, refill_threshold=self.queue.refill_threshold)
+
+    def _clear_queue(self) -> None:
+        self.queue.clear()
+        self._in_flight_since = self._in_flight_id = None
+        self._had_chunk = False
+        self._error_hold = None
+
+    @property
+    def last_tick(self) -> int:
+        with self._lock:
+            return self._last_tick
+
+    def tick_at(self, t: float) -> int:
+        """The control tick due at or before time t."""
+        return math.floor((t - self._origin) / self.period + 1e-6)
+
+    def deadline(self, tick: int) -> float:
+        return self._origin + tick * self.period
+
+    # ------------------------------------------------------------------ inputs
+    def feed_image(self, camera: str, image, stamp: float, now: float, stamp_msg=None) -> None:
+        """A decoded frame. `stamp` is its header stamp (s); a stamp that disagrees with the node's
+        clock by more than the camera timeout is replaced by the arrival time for the timeline."""
+        with self._lock:
+            if camera in self._unused:
+                self.dropped_frames += 1
+            if not (math.isfinite(stamp) and abs(now - stamp) <= self.cfg.camera_timeout):
+                stamp = now
+            self._frames[camera] = (image, stamp, stamp_msg)
+            self._unused.add(camera)
+            self.watchdog.feed(f"camera:{camera}", now)
+
+    def feed_joints(self, positions: np.ndarray | None, state: np.ndarray | None, now: float) -> None:
+        """Configured joint positions (in order) and the model's state vector, both finite."""
+        with self._lock:
+            if positions is not None:
+                self.joint_positions = np.asarray(positions, dtype=np.float64)
+            if state is not None:
+                self.state = np.asarray(state, dtype=np.float32)
+            if positions is not None and (state is not None or not self.cfg.needs_state):
+                self.watchdog.feed("joint_states", now)
+
+    def feed(self, name: str, now: float) -> None:
+        """Another watched input arrived (e.g. ee_pose)."""
+        self.watchdog.feed(name, now)
+
+    # ------------------------------------------------------------------ instruction and task
+    def set_instruction(self, text: str, now: float) -> bool:
+        """Follow `text`; returns True when it differs from the current one (the queue restarts)."""
+        with self._lock:
+            changed = text != self.instruction
+            self.instruction = text
+            self.succeeded = False
+            if changed or self._ended_hold is not None:
+                self._clear_queue()
+                self.steps = 0
+            self._ended_hold = None
+            return changed
+
+    def start_task(self) -> None:
+        """A goal starts now: reset the step count and arm the success edge."""
+        with self._lock:
+            self.steps = 0
+            self.succeeded = False
+            self._success_armed = self._success_seen is not True
+
+    def note_success(self, value: bool) -> None:
+        with self._lock:
+            if not value:
+                self._success_armed = True
+            elif self._success_armed:
+                self.succeeded = True
+            self._success_seen = bool(value)
+
+    def stop(self, detail: str, hold: Hold = Hold.TASK_ENDED) -> None:
+        """Stop following the instruction (goal ended or canceled): hold until a new one."""
+        with self._lock:
+            self.instruction = ""
+            self._clear_queue()
+            self._ended_hold = (hold, detail)
+
+    # ------------------------------------------------------------------ safety switches
+    def trigger_estop(self, reason: str) -> None:
+        with self._lock:
+            self._estop = reason
+            self._clear_queue()
+
+    def reset_estop(self) -> bool:
+        with self._lock:
+            was = self._estop is not None
+            self._estop = None
+            self._clear_queue()
+            self.last_error = ""
+            return was
+
+    @property
+    def estopped(self) -> bool:
+        with self._lock:
+            return self._estop is not None
+
+    def set_dry_run(self, value: bool) -> None:
+        with self._lock:
+            self.dry_run = bool(value)
+
+    def command_failed(self, detail: str) -> None:
+        """The safety layer refused this tick's command: hold until the next chunk."""
+        with self._lock:
+            self._error_hold = (Hold.UNSAFE_COMMAND, detail)
+            self.last_error = f"{Hold.UNSAFE_COMMAND.value}: {detail}"
+            self.queue.clear()
+            self._in_flight_since = self._in_flight_id = None
+
+    # ------------------------------------------------------------------ inference
+    def take_request(self, now: float) -> Observation | None:
+        """An observation to infer from, when one is due (see the module docstring), else None."""
+        with self._lock:
+            if self._blocking_hold(now)[0] is not None or self._in_flight_id is not None:
+                return None
+            if not self._unused or any(c not in self._frames for c in self.cameras):
+                return None
+            if self.cfg.needs_state and self.state is None:
+                return None
+            tick = max(self.tick_at(now), self._last_tick + 1)
+            if not self.queue.needs_refill(tick):
+                return None
+            newest = max(self.cameras, key=lambda c: self._frames[c][1])
+            _, stamp, stamp_msg = self._frames[newest]
+            start = math.ceil((stamp - self._origin) / self.period - 1e-6)
+            req = self.queue.mark_request(start)
+            self._in_flight_id, self._in_flight_since = req, now
+            self._unused.clear()
+            return Observation(req, [self._frames[c][0] for c in self.cameras], self.instruction,
+                               None if self.state is None else self.state.copy(), stamp, stamp_msg, start)
+
+    def add_chunk(self, obs: Observation, actions: np.ndarray, now: float) -> int:
+        """The chunk computed from `obs`; returns how many of its actions are still ahead (0: dropped)."""
+        with self._lock:
+            if obs.request_id == self._in_flight_id:
+                self._in_flight_id = self._in_flight_since = None
+            kept = self.queue.add_chunk(actions, start_tick=obs.start_tick, request_id=obs.request_id)
+            if kept:
+                self._had_chunk = True
+                self._error_hold = None
+                self.chunks += 1
+            return kept
+
+    def inference_failed(self, obs: Observation | None, error: str) -> None:
+        with self._lock:
+            if obs is None or obs.request_id == self._in_flight_id:
+                self.queue.cancel_request(None if obs is None else obs.request_id)
+                self._in_flight_id = self._in_flight_since = None
+            self._error_hold = (Hold.INFERENCE_FAILED, error)
+            self.last_error = f"{Hold.INFERENCE_FAILED.value}: {error}"
+
+    def in_flight_for(self, now: float) -> float | None:
+        with self._lock:
+            return None if self._in_flight_since is None else now - self._in_flight_since
+
+    # ------------------------------------------------------------------ the tick
+    def _blocking_hold(self, now: float) -> tuple[Hold | None, str]:
+        """Holds that also stop inference requests."""
+        if self._shutdown:
+            return Hold.SHUTDOWN, ""
+        if not self._active:
+            return Hold.INACTIVE, ""
+        if self._estop is not None:
+            return Hold.ESTOP, self._estop
+        if not self.instruction:
+            return self._ended_hold or (Hold.NO_INSTRUCTION, "")
+        stale = self.watchdog.stale(now)
+        if stale:
+            ages = {n: self.watchdog.age(n, now) for n in stale}
+            if all(a is None for a in ages.values()):
+                return Hold.WAITING_FOR_INPUT, "none yet from " + ", ".join(stale)
+            return Hold.STALE_INPUT, ", ".join(
+                f"{n} last received {a:.3f} s ago" if a is not None else f"{n} never received"
+                for n, a in ages.items())
+        return None, ""
+
+    def tick(self, now: float) -> TickResult:
+        """Decide this tick: the action to send, or why to hold."""
+        with self._lock:
+            if self._last_tick >= 0 and now < self.deadline(self._last_tick) - 1.0:
+                self._reset_timeline(now)  # the clock jumped back (a bag or simulation restarted)
+            # A late wake-up takes the tick its clock says: missed ticks are past, never executed late.
+            tick = max(self.tick_at(now), self._last_tick + 1)
+            self._last_tick = tick
+            hold, detail = self._blocking_hold(now)
+            action = None
+            if hold is None:
+                waited = None if self._in_flight_since is None else now - self._in_flight_since
+                if waited is not None and waited > self.cfg.inference_timeout:
+                    self._clear_queue()  # a chunk that still comes is dropped (its request id is void)
+                    self._error_hold = (Hold.INFERENCE_TIMEOUT, f"no chunk for {waited:.3f} s")
+                if self._error_hold is not None:
+                    hold, detail = self._error_hold
+                else:
+                    action = self.queue.pop(tick)
+                    if action is None:
+                        hold = Hold.QUEUE_DRY if self._had_chunk else Hold.WAITING_FOR_CHUNK
+                    elif self.dry_run:
+                        hold = Hold.DRY_RUN
+            elif hold != self._hold:
+                self._clear_queue()  # nothing computed before a hold is executed after it
+            if hold is None:
+                hold = Hold.NONE
+            if action is not None:
+                self.steps += 1
+            hold_started = self._hold is Hold.NONE and hold is not Hold.NONE
+            changed = hold != self._hold
+            self._hold, self._detail = hold, detail
+            if hold.is_fault and changed:
+                self.last_error = f"{hold.value}" + (f": {detail}" if detail else "")
+            return TickResult(tick, action, hold, detail, hold_started, changed,
+                              command=action is not None and not self.dry_run)
+
+    def peek(self, tick: int) -> np.ndarray | None:
+        """The queued action for a future tick (None when there is none); for trajectories sent ahead."""
+        return self.queue.peek(tick)
+
+    # ------------------------------------------------------------------ telemetry
+    @property
+    def hold(self) -> tuple[Hold, str]:
+        with self._lock:
+            return self._hold, self._detail
+
+    def queue_depth(self, now: float) -> int:
+        with self._lock:
+            return self.queue.remaining(max(self.tick_at(now), self._last_tick + 1))

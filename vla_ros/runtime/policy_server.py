@@ -1,0 +1,123 @@
+"""The local policy server: the model in its own process, so it never holds the control loop's interpreter.
+
+The policy node starts it (`PolicyProcess` in policy_client.py) with one end of a socket pair
+and supervises it. The conversation (JSON messages, see ipc.py):
+
+    node -> server  {"type": "load", checkpoint, preset, action_names, action_dim, state_names,
+                     camera_names, device, dtype, compile, seed, threads, warmup}
+    server -> node  {"type": "log", "level", "text"}                 (any number, while loading)
+                    {"type": "ready", action_names, state_names, horizon, action_dim, device, warmup_ms}
+                 or {"type": "error", "message"} and exit 2          (the model cannot be used)
+    node -> server  {"type": "infer", "id", "slot", "instruction", "state",
+                     "images": [{"key", "shape", "dtype"}], "buffers": [{"key", "size"}]}
+                    (the descriptors of new image buffers travel with the message, in "buffers" order)
+    server -> node  {"type": "result", "id", "actions": [[...]], "timings"}
+                 or {"type": "failed", "id", "error"}
+                 or {"type": "skipped", "id"}                        (a newer request was already waiting)
+
+It serves one request at a time; requests that queued up while it was busy are answered
+"skipped" except the newest. It ignores SIGINT (a Ctrl-C in the terminal reaches the whole
+process group; the node decides when it ends) and exits when the node closes the socket.
+
+    python -m vla_ros.runtime.policy_server --fd N
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import sys
+import time
+
+import numpy as np
+
+from vla_ros.runtime import ipc
+
+
+def _load(sock, cfg: dict):
+    import torch
+
+    from vla_ros.runtime.policy_loader import PolicyLoadError, load_engine
+
+    if cfg.get("threads", 0) > 0:
+        torch.set_num_threads(int(cfg["threads"]))
+    t0 = time.perf_counter()
+    try:
+        engine = load_engine(
+            checkpoint=cfg["checkpoint"], preset=cfg["preset"], action_names=cfg["action_names"],
+            action_dim=cfg["action_dim"], state_names=cfg["state_names"], camera_names=cfg["camera_names"],
+            device=cfg.get("device", "auto"), dtype=cfg.get("dtype", "float32"), compile=cfg.get("compile", False),
+            seed=cfg.get("seed", 0), warmup=cfg.get("warmup", 2),
+            log=lambda text: ipc.send(sock, {"type": "log", "level": "warning", "text": text}))
+    except PolicyLoadError as exc:
+        ipc.send(sock, {"type": "error", "message": str(exc)})
+        return None
+    ipc.send(sock, {"type": "ready", "action_names": engine.action_names, "state_names": engine.state_names,
+                    "horizon": engine.horizon, "action_dim": engine.action_dim, "device": engine.device,
+                    "load_s": time.perf_counter() - t0})
+    return engine
+
+
+def serve(sock: socket.socket) -> int:
+    msg, _ = ipc.recv(sock)
+    if msg.get("type") != "load":
+        ipc.send(sock, {"type": "error", "message": f"expected a load message, got {msg.get('type')!r}"})
+        return 2
+    engine = _load(sock, msg)
+    if engine is None:
+        return 2
+    buffers: dict[str, ipc.SharedBuffer] = {}
+    while True:
+        try:
+            batch = [ipc.recv(sock)]
+            while True:  # take everything that queued up while we were busy
+                more = ipc.recv(sock, block=False)
+                if more[0] is None:
+                    break
+                batch.append(more)
+        except ipc.ChannelClosed:
+            return 0
+        requests = []
+        for m, fds in batch:
+            for spec, fd in zip(m.get("buffers", []), fds):
+                old = buffers.pop(spec["key"], None)
+                if old is not None:
+                    old.close()
+                buffers[spec["key"]] = ipc.SharedBuffer.attach(spec["key"], fd, int(spec["size"]))
+            if m.get("type") == "infer":
+                requests.append(m)
+        for m in requests[:-1]:
+            ipc.send(sock, {"type": "skipped", "id": m["id"]})
+        if not requests:
+            continue
+        req = requests[-1]
+        try:
+            images = [buffers[im["key"]].array(im["shape"], im["dtype"]) for im in req["images"]]
+            state = None if req.get("state") is None else np.asarray(req["state"], dtype=np.float32)
+            chunk = engine.infer(images, req["instruction"], state)
+            reply = {"type": "result", "id": req["id"], "actions": np.asarray(chunk.actions, np.float64).tolist(),
+                     "timings": chunk.timings}
+        except Exception as exc:  # noqa: BLE001 - any failure is reported to the node, which holds the arm
+            reply = {"type": "failed", "id": req["id"], "error": f"{type(exc).__name__}: {exc}"}
+        try:
+            ipc.send(sock, reply)
+        except ipc.ChannelClosed:
+            return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="vla_ros local policy server (started by policy_node)")
+    p.add_argument("--fd", type=int, required=True, help="inherited socket descriptor")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=args.fd)
+    try:
+        return serve(sock)
+    except ipc.ChannelClosed:
+        return 0
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
