@@ -59,8 +59,11 @@ def generate_launch_description():
     configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                             transition_id=Transition.TRANSITION_CONFIGURE),
                           condition=IfCondition(cfg["autostart"]))
+    # Activate once, after configuring: only the configuring -> inactive transition. Without
+    # start_state the handler also fired on active -> deactivating -> inactive and re-activated the
+    # node 40 ms after every `ros2 lifecycle set /policy_node deactivate`.
     activate = RegisterEventHandler(OnStateTransition(
-        target_lifecycle_node=node, goal_state="inactive",
+        target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
         entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                               transition_id=Transition.TRANSITION_ACTIVATE))]),
         condition=IfCondition(cfg["autostart"]))

@@ -75,3 +75,16 @@ def test_node_configures_with_each_robot_parameters_file_in_dry_run(robot, tmp_p
     with ros_process(executable("policy_node", *args), tmp_path / f"{robot}.log") as proc:
         wait_for(lambda: "active (dry run)" in proc.output(), what=f"{robot} configured and active", process=proc)
         assert "configure failed" not in proc.output()
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_activation_handlers_fire_only_after_configuring(path):
+    """An OnStateTransition that activates on reaching "inactive" must also name start_state
+    "configuring": without it, every `ros2 lifecycle set ... deactivate` re-activated the node
+    (active -> deactivating -> inactive matched too; found with the real launch_ros 0.26.6)."""
+    tree = ast.parse(path.read_text())
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "OnStateTransition":
+            kw = {k.arg: k.value for k in call.keywords}
+            if getattr(kw.get("goal_state"), "value", None) == "inactive":
+                assert getattr(kw.get("start_state"), "value", None) == "configuring", path.name
