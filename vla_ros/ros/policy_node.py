@@ -6,10 +6,12 @@ starts commanding, deactivate holds the arm. Three activities, each on its own t
     (node clock, so /clock under use_sim_time) and does bounded work per tick: one decision
     of the controller (vla_ros/runtime/controller.py), the safety layer, one command;
   * inference: the model runs in a policy server process (vla_ros/runtime/policy_server.py)
-    that this node starts and supervises; a dispatcher thread sends an observation as soon
-    as a new frame arrives and the chunk queue needs one, and the answers come back on the
-    client's reader thread;
-  * the executor's threads: subscriptions, services, the ExecuteInstruction server, status.
+    that this node starts and supervises; an observation is sent from the image callback as
+    soon as a new frame (of every camera) arrives and the chunk queue needs one, and the
+    answers come back on the client's reader thread;
+  * the executor's one thread: subscriptions, services, the ExecuteInstruction server (goals
+    are coroutines, see task_server.py), status. Single-threaded on purpose: rclpy's
+    MultiThreadedExecutor lost 60 % of four 640x480 cameras at 30 Hz here.
 
 Topics, services and actions (relative names; remap them to the robot's):
   subscribes  <camera>/image_raw (sensor_msgs/Image) or <camera>/image_raw/compressed
@@ -35,7 +37,7 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
@@ -58,6 +60,9 @@ from vla_ros.runtime.policy_loader import PolicyLoadError
 from vla_ros.runtime.safety import JointLimits, SafetyFilter, WorkspaceBox
 
 HANG_FACTOR = 5.0  # a server that has not answered for this many inference timeouts (at least 10 s) is restarted
+# How long the control loop may wait for the interpreter while another thread runs Python (CPython
+# switches threads every 5 ms by default; a 100 Hz loop needs far less).
+SWITCH_INTERVAL = 0.0005
 
 
 class PolicyNode(LifecycleNode):
@@ -74,7 +79,6 @@ class PolicyNode(LifecycleNode):
         self._entities = []
         self._threads = []
         self._stop = threading.Event()
-        self._wake = threading.Event()
         self._shutdown_held = threading.Event()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         if self.get_parameter("autostart").value:
@@ -109,8 +113,7 @@ class PolicyNode(LifecycleNode):
             dry_run=p["dry_run"], needs_state=bool(self.state_names)))
         self._configure_interfaces(meta)
         self._stop.clear()
-        self._threads = [threading.Thread(target=self._control_loop, name="vla_control", daemon=True),
-                         threading.Thread(target=self._dispatch_loop, name="vla_dispatch", daemon=True)]
+        self._threads = [threading.Thread(target=self._control_loop, name="vla_control", daemon=True)]
         for t in self._threads:
             t.start()
         where = (f"policy server pid {self.policy.pid}" if p["model.process"] == "server" else "in process")
@@ -144,7 +147,6 @@ class PolicyNode(LifecycleNode):
         if self.controller is not None:
             self.controller.shutdown()
         self._stop.set()
-        self._wake.set()
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=5.0)
@@ -231,6 +233,8 @@ class PolicyNode(LifecycleNode):
             if client is not None:
                 own.append(client.destroy)
         self.telemetry = Telemetry(self, c, p, meta["action_names"], sensors)
+        supervise = n.create_timer(1.0, self._check_policy)
+        own.append(lambda: n.destroy_timer(supervise))
         self.tasks = TaskServer(self, c, p, self._set_instruction, self.telemetry.latest_latency)
         own += [self.telemetry.destroy, self.tasks.destroy]
 
@@ -270,7 +274,7 @@ class PolicyNode(LifecycleNode):
             return
         stamp = msg.header.stamp
         self.controller.feed_image(cam, rgb, stamp.sec + stamp.nanosec * 1e-9, self._now(), stamp)
-        self._wake.set()
+        self._request_inference()
 
     def _on_instruction(self, msg: String):
         self._set_instruction(msg.data, "instruction topic")
@@ -286,7 +290,6 @@ class PolicyNode(LifecycleNode):
         else:
             if self.controller.set_instruction(text, self._now()):
                 self.get_logger().info(f"instruction from the {source}: '{text}'")
-            self._wake.set()
             return None
         self.get_logger().warning(err)
         self.controller.last_error = err
@@ -341,23 +344,20 @@ class PolicyNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     # ---------------------------------------------------------------- inference
-    def _dispatch_loop(self):
-        hang = max(10.0, HANG_FACTOR * self.p["control.inference_timeout"])
-        while not self._stop.is_set():
-            self._wake.wait(0.1)
-            self._wake.clear()
-            now = self._now()
-            policy = self.policy
-            if policy is None:
-                continue
-            if not policy.can_submit():
-                waited = self.controller.in_flight_for(now)
-                if waited is not None and waited > hang:
-                    policy.restart(f"no answer for {waited:.1f} s")
-                continue
-            obs = self.controller.take_request(now)
-            if obs is not None and not policy.submit(obs):
-                self.controller.inference_failed(obs, "the policy server is not ready")
+    def _request_inference(self):
+        """Send an observation to the policy when one is due (the controller decides)."""
+        policy = self.policy
+        if policy is None or not policy.can_submit():
+            return
+        obs = self.controller.take_request(self._now())
+        if obs is not None and not policy.submit(obs):
+            self.controller.inference_failed(obs, "the policy server is not ready")
+
+    def _check_policy(self):
+        """Restart a policy server that stopped answering (from the status timer)."""
+        waited = self.controller.in_flight_for(self._now())
+        if waited is not None and waited > max(10.0, HANG_FACTOR * self.p["control.inference_timeout"]):
+            self.policy.restart(f"no answer for {waited:.1f} s")
 
     def _on_chunk(self, obs, actions, latency):
         if self.controller.add_chunk(obs, actions, self._now()):
@@ -397,8 +397,6 @@ class PolicyNode(LifecycleNode):
     def _control_step(self):
         c = self.controller
         r = c.tick(self._now())
-        if r.hold is not Hold.NONE and r.hold is not Hold.DRY_RUN:
-            self._wake.set()  # the queue may need a chunk
         if r.hold_changed:
             self._log_hold(r)
         if r.hold_started:
@@ -445,7 +443,8 @@ def main(args=None) -> int:
         print(f"[policy_node] invalid parameter: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=4)
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         while not stop.is_set() and node.exit_code is None and rclpy.ok():

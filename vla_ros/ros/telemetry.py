@@ -89,6 +89,7 @@ class Telemetry:
             values=[KeyValue(key=k, value=v) for k, v in (
                 ("inference_rate_hz", f"{msg.inference_rate:.2f}"), ("latency_p50_ms", f"{msg.latency_p50 * 1e3:.1f}"),
                 ("latency_p99_ms", f"{msg.latency_p99 * 1e3:.1f}"), ("queue_depth", str(msg.queue_depth)),
-                ("dropped_frames", str(msg.dropped_frames)), ("dry_ticks", str(c.queue.dry_ticks)),
+                ("dropped_frames", str(msg.dropped_frames)),
+                ("frames_received", str(c.frames_received)), ("dry_ticks", str(c.queue.dry_ticks)),
                 ("control_rate_hz", f"{self.p['control.rate']:g}"), ("last_error", c.last_error))]))
         self.diag_pub.publish(diag)

@@ -223,6 +223,12 @@ class ChunkQueue:
                 self._dry_ticks += 1
             return action
 
+    def advance(self, tick: int) -> None:
+        """Mark every tick up to ``tick`` executed without taking an action (the caller held the arm)."""
+        with self._lock:
+            self._next_tick = max(self._next_tick, int(tick) + 1)
+            self._chunks = [c for c in self._chunks if c.end_tick > self._next_tick]
+
     def peek(self, tick: int) -> np.ndarray | None:
         """Like :meth:`pop` but without marking the tick executed."""
         with self._lock:

@@ -14,9 +14,10 @@ are already in the past when the chunk arrives are skipped, never executed late.
 wakes late takes the tick its clock says, skipping the missed ones (it never replays them).
 
 Inference. `take_request` hands out an observation (the newest frame of every camera, the
-joint state, the instruction) when the queue needs a refill, no request is in flight and at
-least one camera has a frame no request used yet; the node asks on every new frame and on
-every tick, so a request leaves as soon as a new frame makes it possible. `add_chunk` /
+joint state, the instruction) when the queue needs a refill, no request is in flight and
+every camera has a frame no request used yet (or the first of them has waited
+`frame_sync_window`); the node asks on every new frame, so a request leaves as soon as a new
+observation is complete, and a chunk is never computed from a frame used before. `add_chunk` /
 `inference_failed` answer it. A request that takes longer than `inference_timeout` makes the
 arm hold until a chunk arrives again.
 
@@ -88,6 +89,7 @@ class ControllerConfig:
     refill_threshold: int = 4
     dry_run: bool = False
     needs_state: bool = True            # the model takes proprioception
+    frame_sync_window: float = 0.05     # s: wait this long for every camera's next frame (see take_request)
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,9 @@ class Controller:
         self.dry_run = bool(cfg.dry_run)
         self.instruction = ""
         self._frames: dict[str, tuple[Any, float, Any]] = {}   # camera -> (image, stamp s, stamp as given)
-        self._unused: set[str] = set()                         # cameras whose newest frame no request used
-        self.dropped_frames = 0
+        self._unused: dict[str, float] = {}                    # camera -> arrival of a frame no request used
+        self.dropped_frames = 0                                # replaced before any request used them
+        self.frames_received = 0
         self.joint_positions: np.ndarray | None = None         # configured joints, in order
         self.state: np.ndarray | None = None                   # the model's state vector
         self._origin = 0.0
@@ -214,12 +217,13 @@ class Controller:
         """A decoded frame. `stamp` is its header stamp (s); a stamp that disagrees with the node's
         clock by more than the camera timeout is replaced by the arrival time for the timeline."""
         with self._lock:
+            self.frames_received += 1
             if camera in self._unused:
                 self.dropped_frames += 1
             if not (math.isfinite(stamp) and abs(now - stamp) <= self.cfg.camera_timeout):
                 stamp = now
             self._frames[camera] = (image, stamp, stamp_msg)
-            self._unused.add(camera)
+            self._unused.setdefault(camera, now)
             self.watchdog.feed(f"camera:{camera}", now)
 
     def feed_joints(self, positions: np.ndarray | None, state: np.ndarray | None, now: float) -> None:
@@ -310,6 +314,10 @@ class Controller:
                 return None
             if not self._unused or any(c not in self._frames for c in self.cameras):
                 return None
+            # A new observation is every camera's next frame; a camera that is slower than the others
+            # (or has stopped) holds the request back by frame_sync_window at most.
+            if len(self._unused) < len(self.cameras) and now - min(self._unused.values()) < self.cfg.frame_sync_window:
+                return None
             if self.cfg.needs_state and self.state is None:
                 return None
             tick = max(self.tick_at(now), self._last_tick + 1)
@@ -373,7 +381,12 @@ class Controller:
         """Decide this tick: the action to send, or why to hold."""
         with self._lock:
             if self._last_tick >= 0 and now < self.deadline(self._last_tick) - 1.0:
-                self._reset_timeline(now)  # the clock jumped back (a bag or simulation restarted)
+                # The clock jumped back (a bag or simulation restarted): start the timeline again and
+                # wait for inputs stamped on the new clock (the old arrivals lie in its future).
+                self._reset_timeline(now)
+                self.watchdog.reset()
+                self._frames.clear()
+                self._unused.clear()
             # A late wake-up takes the tick its clock says: missed ticks are past, never executed late.
             tick = max(self.tick_at(now), self._last_tick + 1)
             self._last_tick = tick
@@ -386,14 +399,17 @@ class Controller:
                     self._error_hold = (Hold.INFERENCE_TIMEOUT, f"no chunk for {waited:.3f} s")
                 if self._error_hold is not None:
                     hold, detail = self._error_hold
+                    self.queue.advance(tick)
                 else:
                     action = self.queue.pop(tick)
                     if action is None:
                         hold = Hold.QUEUE_DRY if self._had_chunk else Hold.WAITING_FOR_CHUNK
                     elif self.dry_run:
                         hold = Hold.DRY_RUN
-            elif hold != self._hold:
-                self._clear_queue()  # nothing computed before a hold is executed after it
+            else:
+                if hold != self._hold:
+                    self._clear_queue()  # nothing computed before a hold is executed after it
+                self.queue.advance(tick)
             if hold is None:
                 hold = Hold.NONE
             if action is not None:

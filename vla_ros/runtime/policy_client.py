@@ -85,6 +85,8 @@ class PolicyProcess:
         ours.settimeout(None)
         with self._lock:
             self._proc, self._sock = proc, ours
+            for b in self._buffers.values():  # the previous server's (a restart)
+                b.close()
             self._buffers = {}
             self._pending.clear()
             self._ready = True
@@ -146,12 +148,14 @@ class PolicyProcess:
                 img = np.ascontiguousarray(img)
                 buf = self._buffers.get((slot, cam))
                 if buf is None or buf.size < img.nbytes:
+                    replaces = None
                     if buf is not None:
                         buf.close()
+                        replaces = buf.key
                     self._serial += 1
                     buf = ipc.SharedBuffer.create(f"{slot}_{cam}_{self._serial}", max(img.nbytes, 1))
                     self._buffers[(slot, cam)] = buf
-                    new.append({"key": buf.key, "size": buf.size})
+                    new.append({"key": buf.key, "size": buf.size, "replaces": replaces})
                     fds.append(buf.fd)
                 buf.write(img)
                 images.append({"key": buf.key, "shape": list(img.shape), "dtype": str(img.dtype)})

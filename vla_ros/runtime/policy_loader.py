@@ -59,14 +59,15 @@ def load_engine(checkpoint: str, preset: str, action_names: Sequence[str] | None
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         raise PolicyLoadError(str(exc)) from exc
     cfg = policy.config
+    source = checkpoint or f"preset '{preset}'"
     if action_names is not None and list(cfg.action_names) != list(action_names):
-        raise PolicyLoadError(f"checkpoint {checkpoint} predicts actions {list(cfg.action_names)} but the robot "
+        raise PolicyLoadError(f"{source} predicts actions {list(cfg.action_names)} but the robot "
                               f"expects {list(action_names)} (joints.names + gripper)")
     if len(cfg.action_names) != action_dim:
-        raise PolicyLoadError(f"checkpoint {checkpoint} predicts {len(cfg.action_names)} action dimensions, "
+        raise PolicyLoadError(f"{source} predicts {len(cfg.action_names)} action dimensions, "
                               f"the robot's action space has {action_dim}")
     if len(cfg.camera_names) != len(camera_names):
-        raise PolicyLoadError(f"checkpoint {checkpoint} expects {len(cfg.camera_names)} cameras "
+        raise PolicyLoadError(f"{source} expects {len(cfg.camera_names)} cameras "
                               f"{list(cfg.camera_names)}, cameras.names has {list(camera_names)}")
     try:
         engine = InferenceEngine(policy, device=device, dtype=dtype, compile=compile, seed=seed)

@@ -10,7 +10,8 @@ and supervises it. The conversation (JSON messages, see ipc.py):
                  or {"type": "error", "message"} and exit 2          (the model cannot be used)
     node -> server  {"type": "infer", "id", "slot", "instruction", "state",
                      "images": [{"key", "shape", "dtype"}], "buffers": [{"key", "size"}]}
-                    (the descriptors of new image buffers travel with the message, in "buffers" order)
+                    (the descriptors of new image buffers travel with the message, in "buffers" order;
+                     a new buffer's "replaces" names the outgrown one it supersedes)
     server -> node  {"type": "result", "id", "actions": [[...]], "timings"}
                  or {"type": "failed", "id", "error"}
                  or {"type": "skipped", "id"}                        (a newer request was already waiting)
@@ -80,9 +81,10 @@ def serve(sock: socket.socket) -> int:
         requests = []
         for m, fds in batch:
             for spec, fd in zip(m.get("buffers", []), fds):
-                old = buffers.pop(spec["key"], None)
-                if old is not None:
-                    old.close()
+                for key in (spec["key"], spec.get("replaces")):  # an outgrown buffer is not needed again
+                    old = buffers.pop(key, None)
+                    if old is not None:
+                        old.close()
                 buffers[spec["key"]] = ipc.SharedBuffer.attach(spec["key"], fd, int(spec["size"]))
             if m.get("type") == "infer":
                 requests.append(m)
@@ -99,6 +101,7 @@ def serve(sock: socket.socket) -> int:
                      "timings": chunk.timings}
         except Exception as exc:  # noqa: BLE001 - any failure is reported to the node, which holds the arm
             reply = {"type": "failed", "id": req["id"], "error": f"{type(exc).__name__}: {exc}"}
+        images = None  # no view into a buffer may outlive the request: an outgrown buffer is unmapped
         try:
             ipc.send(sock, reply)
         except ipc.ChannelClosed:
