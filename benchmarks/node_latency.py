@@ -107,12 +107,15 @@ def run_node(name: str, seconds: float, preset: str, threads: int):
             frame_to_command.append((now - frames[ns]) * 1e3 if ns in frames else float("nan"))
 
     received = []  # the node's count of frames received, from /diagnostics
+    model = {}     # the model's own time inside the policy server during this run, from /diagnostics
 
     def on_diag(msg):
         for st in msg.status:
             for kv in st.values:
                 if kv.key == "frames_received":
                     received.append((int(kv.value), len(frames)))  # (node's count, frame sets published by then)
+                elif kv.key in ("model_p50_ms", "model_p99_ms"):
+                    model[kv.key] = float(kv.value)
 
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     node.create_subscription(ActionChunk, "policy_node/action_chunk", on_chunk, 50)
@@ -172,7 +175,9 @@ def run_node(name: str, seconds: float, preset: str, threads: int):
         "period_std_ms": float(periods.std()) if len(periods) else float("nan"),
         "period_p99_abs_dev_ms": pct(np.abs(periods - 1e3 / rate), 99),
         "period_max_ms": float(periods.max()) if len(periods) else float("nan"),
-        "frames_lost": lost,
+        "frames_lost": max(lost, 0) if lost is not None else None,
+        "model_in_server_p50_ms": model.get("model_p50_ms", float("nan")),
+        "model_in_server_p99_ms": model.get("model_p99_ms", float("nan")),
         "stamp_to_chunk_publish_p50_ms": pct([a for a, _ in in_node[n_chunk0:]], 50),
         "request_to_answer_p50_ms": pct([b for _, b in in_node[n_chunk0:]], 50),
     }
@@ -218,9 +223,11 @@ def main():
               f"| {r['frame_to_command_p50_ms']:.1f} / {r['frame_to_command_p99_ms']:.1f} "
               f"| {r['period_mean_ms']:.2f} / {r['period_std_ms']:.2f} | {r['period_p99_abs_dev_ms']:.2f} "
               f"| {r['period_max_ms']:.1f} | {r['frames_lost']} |")
-    print("in the node (p50 ms): frame stamp -> ActionChunk published / request -> answer from the policy server: "
-          + ", ".join(f"{r['scenario']} {r['stamp_to_chunk_publish_p50_ms']:.1f} / {r['request_to_answer_p50_ms']:.1f}"
-                      for r in rows))
+    print("\nwhere the time goes (p50 ms): frame stamp -> ActionChunk published by the node | request -> answer "
+          "from the policy server | the model's own time inside the server during the run")
+    for r in rows:
+        print(f"  {r['scenario']}: {r['stamp_to_chunk_publish_p50_ms']:.1f} | {r['request_to_answer_p50_ms']:.1f} | "
+              f"{r['model_in_server_p50_ms']:.1f}")
     out = Path(args.out)
     out.write_text(json.dumps({"preset": args.preset, "threads": args.threads, "seconds": args.seconds,
                                "loadavg": load, "rows": rows}, indent=2))

@@ -232,7 +232,7 @@ class PolicyNode(LifecycleNode):
         for client in (getattr(self.output, "client", None), getattr(self.gripper, "client", None)):
             if client is not None:
                 own.append(client.destroy)
-        self.telemetry = Telemetry(self, c, p, meta["action_names"], sensors)
+        self.telemetry = Telemetry(self, c, p, meta["action_names"], self.policy.model_ms, sensors)
         supervise = n.create_timer(1.0, self._check_policy)
         own.append(lambda: n.destroy_timer(supervise))
         self.tasks = TaskServer(self, c, p, self._set_instruction, self.telemetry.latest_latency)

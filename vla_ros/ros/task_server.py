@@ -38,11 +38,14 @@ class TaskServer:
             handle_accepted_callback=self._on_accepted, cancel_callback=lambda _: CancelResponse.ACCEPT,
             callback_group=callback_group)
         period = min(0.1, max(0.02, 1.0 / p["control.rate"]))  # feedback and outcome checks
+        # Runs only while a goal runs: an idle timer would wake the single executor thread for nothing.
         self.timer = node.create_timer(period, self._check, callback_group=callback_group)
+        self.timer.cancel()
 
     def shutdown(self) -> None:
         """End the running goal at the next check (aborted: the node is shutting down)."""
         self._shutdown = True
+        self.timer.reset()
 
     @property
     def busy(self) -> bool:
@@ -84,6 +87,7 @@ class TaskServer:
         timeout = goal.timeout if goal.timeout > 0 else self.p["default_timeout"]
         done = Future()
         self._goals[bytes(handle.goal_id.uuid)] = (handle, self._now(), timeout, done)
+        self.timer.reset()
         self._check()
         return await done
 
@@ -121,3 +125,5 @@ class TaskServer:
             {R.OUTCOME_SUCCEEDED: handle.succeed, R.OUTCOME_CANCELED: handle.canceled}.get(outcome, handle.abort)()
             self.node.get_logger().info(f"ExecuteInstruction '{goal.instruction}': {message}")
             done.set_result(R(outcome=outcome, message=message, steps=c.steps, elapsed=elapsed))
+        if not self._goals:
+            self.timer.cancel()

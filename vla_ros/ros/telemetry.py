@@ -27,8 +27,9 @@ def status_state(hold: Hold) -> int:
 
 
 class Telemetry:
-    def __init__(self, node, controller: Controller, p, action_names, callback_group=None):
+    def __init__(self, node, controller: Controller, p, action_names, model_ms=(), callback_group=None):
         self.node, self.controller, self.p = node, controller, p
+        self.model_ms = model_ms  # the model's own time per inference (ms), from the policy server
         self.action_names = list(action_names)
         self.period = 1.0 / p["control.rate"]
         self._lock = threading.Lock()
@@ -91,5 +92,7 @@ class Telemetry:
                 ("latency_p99_ms", f"{msg.latency_p99 * 1e3:.1f}"), ("queue_depth", str(msg.queue_depth)),
                 ("dropped_frames", str(msg.dropped_frames)),
                 ("frames_received", str(c.frames_received)), ("dry_ticks", str(c.queue.dry_ticks)),
+                ("model_p50_ms", f"{np.percentile(list(self.model_ms) or [0.0], 50):.2f}"),
+                ("model_p99_ms", f"{np.percentile(list(self.model_ms) or [0.0], 99):.2f}"),
                 ("control_rate_hz", f"{self.p['control.rate']:g}"), ("last_error", c.last_error))]))
         self.diag_pub.publish(diag)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from typing import Callable
 
 import numpy as np
@@ -45,6 +46,7 @@ class PolicyProcess:
         self.max_restarts = max_restarts
         self.metadata: dict = {}
         self.restarts = 0
+        self.model_ms = deque(maxlen=200)  # the model's own time per answer (the engine's timings), ms
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._sock = None
@@ -189,6 +191,7 @@ class PolicyProcess:
             if obs is None:
                 continue
             if kind == "result":
+                self.model_ms.append(float(msg.get("timings", {}).get("total", float("nan"))))
                 self.on_result(obs, np.asarray(msg["actions"], dtype=np.float64), time.perf_counter() - sent)
             elif kind == "failed":
                 self.on_failure(obs, msg["error"])
@@ -230,6 +233,7 @@ class InProcessPolicy:
         self.on_result, self.on_failure, self.log = on_result, on_failure, log
         self.metadata: dict = {}
         self.restarts = 0
+        self.model_ms = deque(maxlen=200)
         self.pid = None
         self._engine = None
         self._cv = threading.Condition()
@@ -286,6 +290,7 @@ class InProcessPolicy:
             except Exception as exc:  # noqa: BLE001 - reported; the arm holds
                 self.on_failure(obs, f"{type(exc).__name__}: {exc}")
             else:
+                self.model_ms.append(chunk.timings["total"])
                 self.on_result(obs, actions, time.perf_counter() - t0)
             with self._cv:
                 self._busy = False
