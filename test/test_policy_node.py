@@ -200,6 +200,8 @@ def test_estop_latches_until_reset(robot, tmp_path):
     ("control.rate:=-5.0", "control.rate"),
     ("output.mode:=teleport", "output.mode"),
     ("joints.max_velocity:=[1.0, 2.0]", "joints.max_velocity"),
+    ("joints.upper:=[.inf, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973]", "'joints.upper' must be finite"),
+    ("joints.max_velocity:=[.inf, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61]", "'joints.max_velocity' must be finite"),
 ])
 def test_invalid_parameter_stops_startup_with_a_message_naming_it(tmp_path, override, needle):
     with start_node(tmp_path, override) as proc:

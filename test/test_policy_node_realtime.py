@@ -101,8 +101,9 @@ def test_success_left_over_from_the_previous_task_does_not_end_a_new_goal(robot,
         result = wait_future(wait_future(client.send_goal_async(goal)).get_result_async(), what="result").result
         assert result.outcome == R.OUTCOME_MAX_STEPS, result.message
         robot.node.destroy_timer(repeat)
+        n = robot.counts()["fwd"]
         handle = wait_future(client.send_goal_async(ExecuteInstruction.Goal(instruction="touch the blue cube")))
-        wait_for(lambda: robot.counts()["fwd"] >= 40, what="motion", process=proc)
+        wait_for(lambda: robot.counts()["fwd"] >= n + 10, what="motion for the second goal", process=proc)
         robot.success_pub.publish(Bool(data=False))
         robot.success_pub.publish(Bool(data=True))
         result = wait_future(handle.get_result_async(), what="result").result

@@ -434,8 +434,8 @@ def test_take_request_none_while_inputs_are_stale():
     assert c.take_request(at(40)) is not None
 
 
-def test_frame_stamp_far_from_now_is_replaced_by_arrival_time():
-    for stamp in (at(10) - 5.0, at(10) + 5.0, at(10) - 0.31, float("nan"), float("inf")):
+def test_frame_stamp_from_the_future_or_not_finite_is_replaced_by_arrival_time():
+    for stamp in (at(10) + 5.0, at(10) + 0.31, float("nan"), float("inf")):
         c = ready()
         c.feed_image("front", frame(3), stamp, at(10), stamp_msg="header")
         c.feed_joints(JOINTS, STATE, at(10))
@@ -447,6 +447,17 @@ def test_frame_stamp_far_from_now_is_replaced_by_arrival_time():
     c.feed_image("front", frame(3), at(10) - 0.29, at(10))
     c.feed_joints(JOINTS, STATE, at(10))
     assert c.take_request(at(10)).stamp == pytest.approx(at(10) - 0.29)
+
+
+def test_a_frame_stamped_older_than_the_camera_timeout_is_stale_however_fresh_its_arrival():
+    c = Controller(CFG)
+    c.activate(T0)
+    c.set_instruction(INSTRUCTION, T0)
+    c.feed_image("front", frame(3), at(10) - 0.31, at(10))  # a driver re-sending an old buffered frame
+    c.feed_joints(JOINTS, STATE, at(10))
+    r = c.tick(at(10))
+    assert r.hold is Hold.STALE_INPUT and "camera:front last received 0.310 s ago" in r.detail
+    assert c.take_request(at(10)) is None
 
 
 # ----------------------------------------------------------------------------- stale inputs
@@ -891,12 +902,14 @@ def test_clock_jumped_back_resets_the_timeline():
     assert c.deadline(1) == pytest.approx(back + P)
 
 
-def test_clock_jump_back_under_one_second_is_not_a_reset():
+def test_clock_jitter_back_within_two_periods_is_not_a_reset():
     c, _ = running()
     for k in range(60):
         c.tick(at(k))
-    r = c.tick(at(0))                        # 0.59 s back: a late tick, not a reset
+    r = c.tick(at(58.5))                     # 1.5 periods back: a late tick, not a reset
     assert r.tick == 60
+    r = c.tick(at(40))                       # 0.2 s back: a jump, the timeline restarts
+    assert r.tick == 0
 
 
 # Regression (Controller.tick -> _reset_timeline did not reset the watchdog): after the clock jumps

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from builtin_interfaces.msg import Duration
 
-from vla_ros.runtime.images import ImageDecodeError, decode_compressed, decode_raw
+from vla_ros.runtime.images import ImageDecodeError, ImageLimits, compressed_size, decode_compressed, decode_raw
 
 try:  # The real ROS 2 cv_bridge when it imports (a ROS install); numpy decoding otherwise.
     from cv_bridge import CvBridge as _CvBridge
@@ -16,8 +16,10 @@ except Exception:  # noqa: BLE001 - any import/ABI failure means "not usable her
 _BRIDGE_ENCODINGS = {"rgb8", "bgr8", "rgba8", "bgra8", "mono8"}
 
 
-def image_to_rgb(msg) -> np.ndarray:
+def image_to_rgb(msg, limits: ImageLimits | None = None) -> np.ndarray:
     """sensor_msgs/Image -> H x W x 3 uint8 RGB; raises ImageDecodeError with the reason."""
+    if limits is not None:
+        limits.check(msg.width, msg.height, msg.encoding)
     if _BRIDGE is not None and msg.encoding in _BRIDGE_ENCODINGS:
         expected = msg.height * msg.step
         if len(msg.data) != expected or msg.height == 0 or msg.width == 0:
@@ -30,8 +32,12 @@ def image_to_rgb(msg) -> np.ndarray:
     return decode_raw(msg.height, msg.width, msg.encoding, msg.step, msg.data, msg.is_bigendian)
 
 
-def compressed_to_rgb(msg) -> np.ndarray:
-    """sensor_msgs/CompressedImage (JPEG/PNG) -> H x W x 3 uint8 RGB."""
+def compressed_to_rgb(msg, limits: ImageLimits | None = None) -> np.ndarray:
+    """sensor_msgs/CompressedImage (JPEG/PNG) -> H x W x 3 uint8 RGB; the declared size is checked first."""
+    if limits is not None:
+        if len(msg.data) > limits.max_bytes:
+            raise ImageDecodeError(f"compressed image of {len(msg.data)} bytes exceeds {limits.max_bytes}")
+        limits.check(*compressed_size(msg.data))
     return decode_compressed(msg.format, msg.data)
 
 

@@ -1,10 +1,14 @@
 """How the policy node commands the robot: one class per `output.mode`, plus the gripper.
 
-Each output is chosen once at configure time and is used only from the control loop's
-thread: `send(action, tick)` turns one action (after the safety layer) into the robot's
+Each output is chosen once at configure time. The node calls it under its command lock (from
+the control loop's thread, or from the e-stop service and deactivate, which stop the arm at
+once): `send(action, tick)` turns one action (after the safety layer) into the robot's
 command, `hold()` stops the arm once when the node stops following the policy, and
 `continue_hold()` runs every held tick (topic modes decelerate from the last command within
 the acceleration limits until at rest). `send` returns None, or the reason it refused.
+Action goals (FollowJointTrajectory, GripperCommand) are handed to the executor's thread through
+a guard condition and sent from there: an rclpy ActionClient used from another thread can lose
+the goal response (ros2/rclpy#1123).
 
     mode                     sends                                      action space
     follow_joint_trajectory  control_msgs/FollowJointTrajectory goals   joint_position, joint_delta
@@ -15,6 +19,7 @@ the acceleration limits until at rest). `send` returns None, or the reason it re
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import numpy as np
@@ -33,6 +38,33 @@ from vla_ros.runtime.safety import SafetyFilter
 CANCELED = 5  # action_msgs/GoalStatus STATUS_CANCELED
 
 
+class Outbox:
+    """The newest item from any thread, handed to `send` on the executor's thread (a guard condition)."""
+
+    def __init__(self, node, send: Callable, callback_group=None):
+        self.node, self.send = node, send
+        self._lock = threading.Lock()
+        self._item = None
+        self.guard = node.create_guard_condition(self._flush, callback_group=callback_group)
+
+    def put(self, item) -> None:
+        with self._lock:
+            self._item = item  # a newer goal replaces one not sent yet
+        self.guard.trigger()
+
+    def flush(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            item, self._item = self._item, None
+        if item is not None:
+            self.send(item)
+
+    def destroy(self) -> None:
+        self.node.destroy_guard_condition(self.guard)
+
+
 class Output:
     """Base: `node` (the policy node: rclpy node, clear_once, report_error), `p` (parameters),
     `log_once(key, text, level)`, `current()` (measured joint positions or None)."""
@@ -40,12 +72,21 @@ class Output:
     def __init__(self, node, p, safety: SafetyFilter, log_once, current: Callable[[], np.ndarray | None]):
         self.node, self.p, self.safety, self.log_once, self.current = node, p, safety, log_once, current
         self.period = 1.0 / p["control.rate"]
+        self.entities = []  # what destroy() removes from the node
+
+    def destroy(self) -> None:
+        for destroy in self.entities:
+            destroy()
+        self.entities = []
 
     def send(self, action: np.ndarray, tick: int) -> str | None:
         raise NotImplementedError
 
     def hold(self) -> None:
         pass
+
+    def flush(self) -> None:
+        """Send what waits for the executor now (the caller is on the executor's thread)."""
 
     def continue_hold(self, tick: int) -> None:
         pass
@@ -101,6 +142,7 @@ class ForwardPositionOutput(JointOutput):
     def __init__(self, *args):
         super().__init__(*args)
         self.pub = self.node.create_publisher(Float64MultiArray, "forward_position", 10)
+        self.entities.append(lambda: self.node.destroy_publisher(self.pub))
 
     def publish(self, cmd, tick, current):
         self.pub.publish(Float64MultiArray(data=cmd.tolist()))
@@ -110,6 +152,7 @@ class JointTrajectoryOutput(JointOutput):
     def __init__(self, *args):
         super().__init__(*args)
         self.pub = self.node.create_publisher(JointTrajectory, "joint_trajectory", 10)
+        self.entities.append(lambda: self.node.destroy_publisher(self.pub))
 
     def publish(self, cmd, tick, current):
         self.pub.publish(self.trajectory([cmd]))
@@ -129,6 +172,8 @@ class FollowJointTrajectoryOutput(JointOutput):
         self.peek, self.chunk_count = peek, chunk_count
         self.client = ActionClient(node, FollowJointTrajectory, "follow_joint_trajectory",
                                    callback_group=callback_group)
+        self.outbox = Outbox(node, self._send_now, callback_group)
+        self.entities += [self.outbox.destroy, self.client.destroy]
         self.goal = None
         self.sent_chunk = -1
         self.sent_tick = -10**9
@@ -150,19 +195,30 @@ class FollowJointTrajectoryOutput(JointOutput):
         pass  # the braking trajectory sent by hold() runs on the controller
 
     def hold(self):
-        # A braking trajectory from the last command, within the acceleration limits.
+        # A braking trajectory from the last command, within the acceleration limits. At rest, a
+        # one-point trajectory at the last command still replaces the rest of the goal sent ahead.
+        last = self.commander.prev_cmd
         points = self.commander.brake(self.current())
+        if not points:
+            stop = last if last is not None else self.current()
+            points = [] if stop is None else [stop]
         if points:
             self.send_points(points)
         self.sent_chunk = -1
 
     def send_points(self, points) -> None:
+        self.outbox.put(self.trajectory(points))
+
+    def flush(self) -> None:
+        self.outbox.flush()
+
+    def _send_now(self, trajectory) -> None:
         if not self.client.server_is_ready():
             self.log_once("fjt_missing", "FollowJointTrajectory server 'follow_joint_trajectory' is not available; "
                                          "is the joint_trajectory_controller running and the name remapped?", "error")
             return
         self.node.clear_once("fjt_missing")
-        future = self.client.send_goal_async(FollowJointTrajectory.Goal(trajectory=self.trajectory(points)))
+        future = self.client.send_goal_async(FollowJointTrajectory.Goal(trajectory=trajectory))
         future.add_done_callback(self._on_response)
 
     def _on_response(self, future):
@@ -192,6 +248,7 @@ class TwistOutput(Output):
     def __init__(self, *args):
         super().__init__(*args)
         self.pub = self.node.create_publisher(TwistStamped, "twist", 10)
+        self.entities.append(lambda: self.node.destroy_publisher(self.pub))
 
     def ee_twist(self, action) -> tuple[np.ndarray | None, str]:
         twist = delta_to_twist(action, self.period, self.p["ee.rotation"])
@@ -226,8 +283,9 @@ class PoseOutput(TwistOutput):
         self.pose = None
         self.feed = feed
         self.pub = node.create_publisher(PoseStamped, "pose_target", 10)
-        node.create_subscription(PoseStamped, "ee_pose", self._on_pose, qos_profile_sensor_data,
-                                 callback_group=callback_group)
+        self.sub = node.create_subscription(PoseStamped, "ee_pose", self._on_pose, qos_profile_sensor_data,
+                                            callback_group=callback_group)
+        self.entities += [lambda: node.destroy_publisher(self.pub), lambda: node.destroy_subscription(self.sub)]
 
     def _on_pose(self, msg: PoseStamped):
         p, o = msg.pose.position, msg.pose.orientation
@@ -270,7 +328,12 @@ class GripperOutput:
     def __init__(self, node, p, log_once, callback_group=None):
         self.node, self.p, self.log_once = node, p, log_once
         self.client = ActionClient(node, GripperCommand, "gripper_command", callback_group=callback_group)
+        self.outbox = Outbox(node, lambda goal: self.client.send_goal_async(goal), callback_group)
         self.state = None
+
+    def destroy(self) -> None:
+        self.outbox.destroy()
+        self.client.destroy()
 
     def send(self, value: float) -> None:
         want_open = value > self.p["gripper.threshold"]
@@ -284,7 +347,7 @@ class GripperOutput:
         self.node.get_logger().info(f"gripper: {'open' if want_open else 'close'} (model output {value:.2f})")
         goal = GripperCommand.Goal()
         goal.command.position, goal.command.max_effort = pos, self.p["gripper.max_effort"]
-        self.client.send_goal_async(goal)
+        self.outbox.put(goal)
 
 
 def make_output(node, p, safety, log_once, current, peek, chunk_count, feed, callback_group=None) -> Output:

@@ -57,6 +57,19 @@ SPEC: dict[str, tuple[Parameter.Type, Any, str, dict]] = {
                            "Per camera: raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage).", {}),
     "cameras.max_age": (Parameter.Type.DOUBLE, 0.5,
                         "Seconds after which a camera frame is stale and the arm holds.", {"range": (0.01, 60.0)}),
+    "cameras.max_width": (Parameter.Type.INTEGER, 4096,
+                          "Widest camera image accepted (pixels), checked from the header before decoding (raw "
+                          "and compressed): larger frames are refused with one line.", {"range": (16, 65536)}),
+    "cameras.max_height": (Parameter.Type.INTEGER, 4096, "Tallest camera image accepted (pixels), as above.",
+                           {"range": (16, 65536)}),
+    "cameras.min_side": (Parameter.Type.INTEGER, 16,
+                         "Frames with a side shorter than this (pixels) are refused (not camera images).",
+                         {"range": (1, 4096)}),
+    "cameras.max_stamp_offset": (Parameter.Type.DOUBLE, 1.0,
+                                 "Frames whose header stamp is further than this (s) from the node's clock, in "
+                                 "either direction (or zero), are refused with a throttled line: a camera on "
+                                 "another clock, or a driver re-sending old frames. Within it, the watchdog "
+                                 "checks the stamp's age, not the arrival.", {"range": (0.001, 3600.0)}),
     "joint_states.timeout": (Parameter.Type.DOUBLE, 0.5,
                              "Seconds without /joint_states after which the arm holds.", {"range": (0.01, 60.0)}),
     "instruction.max_length": (Parameter.Type.INTEGER, 512,

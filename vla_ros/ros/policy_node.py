@@ -39,6 +39,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -54,11 +55,12 @@ from vla_ros.ros.task_server import TaskServer
 from vla_ros.ros.telemetry import Telemetry
 from vla_ros.runtime.controller import Controller, ControllerConfig, Hold
 from vla_ros.runtime.ee import ROTATION_SIZES
-from vla_ros.runtime.images import ImageDecodeError
+from vla_ros.runtime.images import ImageDecodeError, ImageLimits
 from vla_ros.runtime.policy_client import InProcessPolicy, PolicyProcess
 from vla_ros.runtime.policy_loader import PolicyLoadError
 from vla_ros.runtime.safety import JointLimits, SafetyFilter, WorkspaceBox
 
+RCLError = _rclpy.RCLError
 HANG_FACTOR = 5.0  # a server that has not answered for this many inference timeouts (at least 10 s) is restarted
 # How long the control loop may wait for the interpreter while another thread runs Python (CPython
 # switches threads every 5 ms by default; a 100 Hz loop needs far less).
@@ -76,6 +78,11 @@ class PolicyNode(LifecycleNode):
         self.policy = None
         self.exit_code = None
         self._logged_once = set()
+        self._log_lock = threading.Lock()
+        # Held across one tick's decision and its command, and by the e-stop service and deactivate,
+        # which stop the arm at once: no command leaves after ~/estop has answered "latched".
+        self._command_lock = threading.Lock()
+        self._output_held = True
         self._entities = []
         self._threads = []
         self._stop = threading.Event()
@@ -100,6 +107,15 @@ class PolicyNode(LifecycleNode):
         except (P.ParameterError, PolicyLoadError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
+        try:
+            return self._configure(meta)
+        except Exception as exc:  # noqa: BLE001 - e.g. a camera name that is not a valid topic name
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            self._teardown()
+            self.controller = None
+            return TransitionCallbackReturn.FAILURE
+
+    def _configure(self, meta) -> TransitionCallbackReturn:
         p = self.p
         self.cams, self.joint_names = list(p["cameras.names"]), list(p["joints.names"])
         self.state_names = list(meta["state_names"])
@@ -130,7 +146,9 @@ class PolicyNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        self.controller.deactivate()
+        with self._command_lock:
+            self.controller.deactivate()
+            self._hold_output()
         self.get_logger().info("inactive: holding the arm")
         return super().on_deactivate(state)
 
@@ -143,9 +161,16 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _teardown(self):
-        """Stop the threads and the policy server, and remove the interfaces (cleanup, shutdown)."""
+        """Hold the arm, answer a running goal, stop the threads and the policy server, and remove the
+        interfaces (cleanup, shutdown, Ctrl-C)."""
         if self.controller is not None:
-            self.controller.shutdown()
+            with self._command_lock:
+                self.controller.shutdown()
+                if getattr(self, "output", None) is not None:
+                    self._hold_output()
+                    self.output.flush()  # teardown runs on the executor's thread
+            if getattr(self, "tasks", None) is not None:
+                self.tasks.abort_all("the node is shutting down")
         self._stop.set()
         for t in self._threads:
             if t is not threading.current_thread():
@@ -160,6 +185,7 @@ class PolicyNode(LifecycleNode):
             except Exception:  # noqa: BLE001 - already gone with the node
                 pass
         self._entities = []
+        self.tasks = self.output = self.gripper = self.telemetry = None
 
     def shutdown_gracefully(self, executor, timeout: float = 3.0):
         """Ctrl-C / SIGTERM: answer the running goal (aborted), hold the arm, then stop everything."""
@@ -173,6 +199,20 @@ class PolicyNode(LifecycleNode):
             for _ in range(5):  # let the goal's result and the hold go out
                 executor.spin_once(timeout_sec=0.02)
         self._teardown()
+
+    def _LifecycleNodeMixin__on_change_state(self, request, response):
+        """A ChangeState request for a transition the current state does not have (e.g. a second
+        `deactivate`) makes rclpy raise RCLError out of the executor, and the request is never
+        answered; answer it as failed instead, with one line (rclpy.lifecycle.LifecycleNodeMixin's private
+        service callback, which its constructor binds through `self`)."""
+        try:
+            return super()._LifecycleNodeMixin__on_change_state(request, response)
+        except RCLError as exc:
+            t = request.transition
+            self.get_logger().warning(f"lifecycle transition {t.label or t.id} refused in state "
+                                      f"'{self._state_machine.current_state[1]}': {exc}")
+            response.success = False
+            return response
 
     # ---------------------------------------------------------------- configuration
     def _start_policy(self) -> dict:
@@ -199,6 +239,8 @@ class PolicyNode(LifecycleNode):
         p, n = self.p, self
         sensors = ReentrantCallbackGroup()
         own = self._entities
+        self.image_limits = ImageLimits(max_width=p["cameras.max_width"], max_height=p["cameras.max_height"],
+                                        min_side=p["cameras.min_side"])
         for cam, transport in zip(self.cams, p["cameras.transports"]):
             if transport == "compressed":
                 sub = n.create_subscription(CompressedImage, f"{cam}/image_raw/compressed",
@@ -229,9 +271,9 @@ class PolicyNode(LifecycleNode):
         self.output = make_output(self, p, safety, self._log_once, lambda: c.joint_positions, c.peek,
                                   lambda: c.chunks, lambda name: c.feed(name, self._now()), sensors)
         self.gripper = GripperOutput(self, p, self._log_once, sensors) if p["gripper.enabled"] else None
-        for client in (getattr(self.output, "client", None), getattr(self.gripper, "client", None)):
-            if client is not None:
-                own.append(client.destroy)
+        own.append(self.output.destroy)
+        if self.gripper is not None:
+            own.append(self.gripper.destroy)
         self.telemetry = Telemetry(self, c, p, meta["action_names"], self.policy.model_ms, sensors)
         supervise = n.create_timer(1.0, self._check_policy)
         own.append(lambda: n.destroy_timer(supervise))
@@ -250,9 +292,10 @@ class PolicyNode(LifecycleNode):
 
     def _log_once(self, key: str, text: str, level: str = "warning"):
         """Log a recurring condition once (until it clears, see clear_once)."""
-        if key in self._logged_once:
-            return
-        self._logged_once.add(key)
+        with self._log_lock:
+            if key in self._logged_once:
+                return
+            self._logged_once.add(key)
         self._log(level, text)
 
     def report_error(self, text: str):
@@ -260,7 +303,8 @@ class PolicyNode(LifecycleNode):
         self.controller.last_error = text
 
     def clear_once(self, prefix: str):
-        self._logged_once = {k for k in self._logged_once if not k.startswith(prefix)}
+        with self._log_lock:
+            self._logged_once = {k for k in self._logged_once if not k.startswith(prefix)}
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -268,12 +312,19 @@ class PolicyNode(LifecycleNode):
     # ---------------------------------------------------------------- inputs
     def _on_image(self, cam, msg, convert):
         try:
-            rgb = convert(msg)
+            rgb = convert(msg, self.image_limits)
         except ImageDecodeError as exc:
             self._log_once(f"image:{cam}:{exc}", f"camera '{cam}': dropped a malformed image: {exc}")
             return
-        stamp = msg.header.stamp
-        self.controller.feed_image(cam, rgb, stamp.sec + stamp.nanosec * 1e-9, self._now(), stamp)
+        stamp, now = msg.header.stamp, self._now()
+        t = stamp.sec + stamp.nanosec * 1e-9
+        if t == 0.0 or abs(now - t) > self.p["cameras.max_stamp_offset"]:
+            self.get_logger().warning(
+                f"camera '{cam}': refused a frame stamped {t:.3f}, {now - t:+.3f} s from the node's clock "
+                f"(cameras.max_stamp_offset {self.p['cameras.max_stamp_offset']:g} s; is the camera on another "
+                "clock, or use_sim_time wrong?)", throttle_duration_sec=5.0)
+            return
+        self.controller.feed_image(cam, rgb, t, now, stamp)
         self._request_inference()
 
     def _on_instruction(self, msg: String):
@@ -303,8 +354,12 @@ class PolicyNode(LifecycleNode):
         for name, v in zip(msg.name, msg.position):
             self._joint_dict[name] = float(v)
         if pos is None:
-            self._log_once(f"missing_joints:{missing}", f"joint_states lacks configured joints {missing}; "
-                                                        "the arm holds until they arrive")
+            if missing:
+                self._log_once(f"missing_joints:{missing}", f"joint_states lacks configured joints {missing}; "
+                                                            "the arm holds until they arrive")
+            else:
+                self._log_once("joint_lengths", f"joint_states has {len(msg.name)} names but {len(msg.position)} "
+                                                "positions; ignored")
             return
         if not np.all(np.isfinite(pos)):
             self._log_once("nan_joints", f"joint_states has non-finite positions {pos.tolist()}; holding")
@@ -324,7 +379,9 @@ class PolicyNode(LifecycleNode):
         self.controller.feed_joints(pos, state, self._now())
 
     def _on_estop(self, request, response):
-        self.controller.trigger_estop("e-stop service called")
+        with self._command_lock:
+            self.controller.trigger_estop("e-stop service called")
+            self._hold_output()
         self.get_logger().error("E-STOP latched: holding the arm until ~/reset is called")
         response.success, response.message = True, "e-stop latched"
         return response
@@ -354,8 +411,8 @@ class PolicyNode(LifecycleNode):
             self.controller.inference_failed(obs, "the policy server is not ready")
 
     def _check_policy(self):
-        """Restart a policy server that stopped answering (from the status timer)."""
-        waited = self.controller.in_flight_for(self._now())
+        """Restart a policy server that stopped answering (a 1 Hz timer)."""
+        waited = self.policy.oldest_pending_age() if self.policy is not None else None
         if waited is not None and waited > max(10.0, HANG_FACTOR * self.p["control.inference_timeout"]):
             self.policy.restart(f"no answer for {waited:.1f} s")
 
@@ -380,6 +437,8 @@ class PolicyNode(LifecycleNode):
             if c.deadline(k) < now - self.period:
                 k = c.tick_at(now) + 1
             deadline = c.deadline(k)
+            if deadline - now > 2 * self.period:
+                deadline = now  # the clock jumped back: tick now (the controller restarts its timeline)
             while not self._stop.is_set():
                 remaining = deadline - self._now()
                 if remaining <= 0:
@@ -395,12 +454,22 @@ class PolicyNode(LifecycleNode):
                 self.get_logger().error(f"control loop error: {exc!r}\n{traceback.format_exc()}")
 
     def _control_step(self):
+        with self._command_lock:
+            self._control_step_locked()
+
+    def _hold_output(self):
+        """Stop the arm once (again only after a command went out)."""
+        if not self._output_held:
+            self._output_held = True
+            self.output.hold()
+
+    def _control_step_locked(self):
         c = self.controller
         r = c.tick(self._now())
         if r.hold_changed:
             self._log_hold(r)
         if r.hold_started:
-            self.output.hold()
+            self._hold_output()
         if r.hold is Hold.SHUTDOWN:
             self._shutdown_held.set()
         if r.action is None or not r.command:
@@ -416,6 +485,8 @@ class PolicyNode(LifecycleNode):
         why = self.output.send(action, r.tick)
         if why is not None:
             c.command_failed(why)
+        else:
+            self._output_held = False
 
     def _log_hold(self, r):
         log = self.get_logger()

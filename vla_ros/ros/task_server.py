@@ -47,6 +47,17 @@ class TaskServer:
         self._shutdown = True
         self.timer.reset()
 
+    def abort_all(self, reason: str) -> None:
+        """End every running goal now (aborted), e.g. before the server is destroyed."""
+        for key, (handle, start, _, done) in list(self._goals.items()):
+            del self._goals[key]
+            if handle.is_active:
+                handle.abort()
+            message = f"aborted after {self.controller.steps} steps: {reason}"
+            self.node.get_logger().info(f"ExecuteInstruction '{handle.request.instruction}': {message}")
+            done.set_result(R(outcome=R.OUTCOME_ABORTED, message=message, steps=self.controller.steps,
+                              elapsed=max(0.0, self._now() - start)))
+
     @property
     def busy(self) -> bool:
         return bool(self._goals)
@@ -97,6 +108,9 @@ class TaskServer:
         for key, (handle, start, timeout, done) in list(self._goals.items()):
             goal = handle.request
             elapsed = self._now() - start
+            if elapsed < 0:  # the clock jumped back (bag loop, simulator restart): count from now
+                self._goals[key] = (handle, self._now(), timeout, done)
+                elapsed = 0.0
             end = None  # (outcome, message, why the arm stops or None)
             if self._current is not handle:
                 end = (R.OUTCOME_PREEMPTED, "preempted by a newer goal", None)

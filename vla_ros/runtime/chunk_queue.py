@@ -223,6 +223,15 @@ class ChunkQueue:
                 self._dry_ticks += 1
             return action
 
+    def restart(self) -> None:
+        """A new timeline (ticks count from 0 again): drop everything and void every request id issued
+        so far; ids keep growing, so an answer to a request from the old timeline is never taken."""
+        with self._lock:
+            self._chunks = []
+            self._in_flight = None
+            self._first_valid_request = self._request_counter + 1
+            self._next_tick = 0
+
     def advance(self, tick: int) -> None:
         """Mark every tick up to ``tick`` executed without taking an action (the caller held the arm)."""
         with self._lock:

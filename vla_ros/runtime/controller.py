@@ -22,7 +22,8 @@ observation is complete, and a chunk is never computed from a frame used before.
 arm hold until a chunk arrives again.
 
 Threads. The node calls in from sensor callbacks, the control loop, the inference client's
-reader, services and the action server; every method takes the lock and returns plain values.
+reader, services and the action server; every method that reads or changes state takes the lock
+(the queue and the watchdog have their own) and returns plain values.
 """
 from __future__ import annotations
 
@@ -191,8 +192,7 @@ class Controller:
         self._origin = float(now)
         self._last_tick = -1
         self._clear_queue()
-        self.queue = ChunkQueue(self.cfg.horizon, self.cfg.dim, mode=self.cfg.ensemble,
-                                ensemble_decay=self.cfg.ensemble_decay, refill_threshold=self.queue.refill_threshold)
+        self.queue.restart()
 
     def _clear_queue(self) -> None:
         self.queue.clear()
@@ -214,17 +214,20 @@ class Controller:
 
     # ------------------------------------------------------------------ inputs
     def feed_image(self, camera: str, image, stamp: float, now: float, stamp_msg=None) -> None:
-        """A decoded frame. `stamp` is its header stamp (s); a stamp that disagrees with the node's
-        clock by more than the camera timeout is replaced by the arrival time for the timeline."""
+        """A decoded frame. `stamp` is its header stamp (s): its age is what the watchdog checks (a
+        driver re-sending an old buffered frame is stale however fresh its arrival). A stamp further
+        in the future than the camera timeout is replaced by the arrival time (the node refuses
+        frames further off than cameras.max_stamp_offset before this)."""
         with self._lock:
             self.frames_received += 1
             if camera in self._unused:
                 self.dropped_frames += 1
-            if not (math.isfinite(stamp) and abs(now - stamp) <= self.cfg.camera_timeout):
-                stamp = now
+            if not math.isfinite(stamp) or stamp > now + self.cfg.camera_timeout:
+                stamp = now  # a stamp from the future: place the frame by its arrival
+            # An old stamp stays: the watchdog then sees the frame as stale (a re-sent old frame).
             self._frames[camera] = (image, stamp, stamp_msg)
             self._unused.setdefault(camera, now)
-            self.watchdog.feed(f"camera:{camera}", now)
+            self.watchdog.feed(f"camera:{camera}", min(stamp, now))
 
     def feed_joints(self, positions: np.ndarray | None, state: np.ndarray | None, now: float) -> None:
         """Configured joint positions (in order) and the model's state vector, both finite."""
@@ -380,7 +383,7 @@ class Controller:
     def tick(self, now: float) -> TickResult:
         """Decide this tick: the action to send, or why to hold."""
         with self._lock:
-            if self._last_tick >= 0 and now < self.deadline(self._last_tick) - 1.0:
+            if self._last_tick >= 0 and now < self.deadline(self._last_tick) - max(2 * self.period, 0.05):
                 # The clock jumped back (a bag or simulation restarted): start the timeline again and
                 # wait for inputs stamped on the new clock (the old arrivals lie in its future).
                 self._reset_timeline(now)

@@ -16,11 +16,16 @@ reorder or conversion and always return a new contiguous array.
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
+
 import cv2  # opencv-python-headless: JPEG/PNG codecs and grey conversion
 import numpy as np
 
 __all__ = [
     "ImageDecodeError",
+    "ImageLimits",
+    "compressed_size",
     "SUPPORTED_ENCODINGS",
     "decode_compressed",
     "decode_raw",
@@ -31,6 +36,47 @@ __all__ = [
 
 class ImageDecodeError(ValueError):
     """An image message cannot be decoded; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What a camera input may be, checked from the message's header fields before decoding, so a
+    decompression bomb (a 400 KB PNG of 20000 x 20000 pixels) is refused without allocating it."""
+
+    max_width: int = 4096
+    max_height: int = 4096
+    min_side: int = 16                  # 1 x 1 or 1 x 5000 frames are not camera images
+    max_bytes: int = 64 << 20           # compressed payload
+    colour_only: bool = True            # refuse 16-bit (depth) encodings as colour input
+
+    def check(self, width: int, height: int, encoding: str = "") -> None:
+        if encoding and encoding not in _ENCODINGS:
+            raise ImageDecodeError(
+                f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
+        if width > self.max_width or height > self.max_height:
+            raise ImageDecodeError(f"{width}x{height} image exceeds the limit of {self.max_width}x{self.max_height} "
+                                   "(cameras.max_width/max_height); refused before decoding")
+        if min(width, height) < self.min_side:
+            raise ImageDecodeError(f"{width}x{height} image is smaller than {self.min_side} pixels on a side "
+                                   "(cameras.min_side)")
+        if self.colour_only and encoding in _SIXTEEN_BIT:
+            raise ImageDecodeError(f"{encoding} is a 16-bit (depth) encoding, not a colour camera image")
+
+
+def compressed_size(data) -> tuple[int, int]:
+    """(width, height) that a JPEG or PNG declares in its header, without decoding it.
+
+    Pillow reads only the header here (Image.open is lazy), about 0.1 ms.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(_as_bytes_array(data, "compressed image data"))) as im:
+            return im.size
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, far above any camera limit
+        raise ImageDecodeError(f"compressed image exceeds the limit: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageDecodeError(f"unreadable compressed image header: {exc}") from None
 
 
 # encoding -> (channels, bytes per channel)
@@ -45,6 +91,7 @@ _ENCODINGS: dict[str, tuple[int, int]] = {
     "16UC1": (1, 2),
 }
 SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_ENCODINGS)
+_SIXTEEN_BIT = {e for e, (_, depth) in _ENCODINGS.items() if depth == 2}
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"

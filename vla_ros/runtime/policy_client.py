@@ -101,6 +101,22 @@ class PolicyProcess:
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
+    def oldest_pending_age(self) -> float | None:
+        """Seconds the oldest unanswered request has waited (None: nothing pending)."""
+        with self._lock:
+            sent = [t for _, t in self._pending.values()]
+        return time.perf_counter() - min(sent) if sent else None
+
+    def _call(self, fn, *args) -> None:
+        """A node callback from the reader thread: an exception there must not end the thread."""
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - logged; the reader keeps serving
+            try:
+                self.log("error", f"policy client callback failed: {type(exc).__name__}: {exc}")
+            except Exception:  # noqa: BLE001
+                pass
+
     def restart(self, reason: str) -> None:
         """Kill the server (it stopped answering): the reader then reports it and starts a new one."""
         with self._lock:
@@ -184,7 +200,7 @@ class PolicyProcess:
                 break
             kind = msg.get("type")
             if kind == "log":
-                self.log(msg["level"], msg["text"])
+                self._call(self.log, msg["level"], msg["text"])
                 continue
             with self._lock:
                 obs, sent = self._pending.pop(msg.get("id"), (None, None))
@@ -192,9 +208,10 @@ class PolicyProcess:
                 continue
             if kind == "result":
                 self.model_ms.append(float(msg.get("timings", {}).get("total", float("nan"))))
-                self.on_result(obs, np.asarray(msg["actions"], dtype=np.float64), time.perf_counter() - sent)
+                self._call(self.on_result, obs, np.asarray(msg["actions"], dtype=np.float64),
+                           time.perf_counter() - sent)
             elif kind == "failed":
-                self.on_failure(obs, msg["error"])
+                self._call(self.on_failure, obs, msg["error"])
             # "skipped": a newer request superseded it; the controller already forgot it
         with self._lock:
             closing = self._closing
@@ -204,7 +221,9 @@ class PolicyProcess:
         if closing:
             return
         code = proc.wait()
-        self.on_failure(lost[0] if lost else None, f"the policy server (pid {proc.pid}) exited with code {code}")
+        sock.close()
+        self._call(self.on_failure, lost[0] if lost else None,
+                   f"the policy server (pid {proc.pid}) exited with code {code}")
         self._restart_loop(code)
 
     def _restart_loop(self, code) -> None:
@@ -218,6 +237,9 @@ class PolicyProcess:
                                 f"{self.max_restarts}); the arm holds while the model loads")
             try:
                 self.start()
+                if self._closing:  # close() came while the model loaded: this server is nobody's
+                    self.close()
+                    return
                 self.log("info", f"policy server running again (pid {self.pid})")
                 return
             except PolicyLoadError as exc:
@@ -275,6 +297,9 @@ class InProcessPolicy:
     def restart(self, reason: str) -> None:
         self.log("error", f"in-process inference cannot be restarted ({reason}); the arm holds")
 
+    def oldest_pending_age(self) -> float | None:
+        return None
+
     def _run(self) -> None:
         while True:
             with self._cv:
@@ -288,10 +313,17 @@ class InProcessPolicy:
                 chunk = self._engine.infer(obs.images, obs.instruction, obs.state)
                 actions = np.asarray(chunk.actions, dtype=np.float64)
             except Exception as exc:  # noqa: BLE001 - reported; the arm holds
-                self.on_failure(obs, f"{type(exc).__name__}: {exc}")
+                failure = f"{type(exc).__name__}: {exc}"
             else:
+                failure = None
                 self.model_ms.append(chunk.timings["total"])
-                self.on_result(obs, actions, time.perf_counter() - t0)
+            try:
+                if failure is None:
+                    self.on_result(obs, actions, time.perf_counter() - t0)
+                else:
+                    self.on_failure(obs, failure)
+            except Exception as exc:  # noqa: BLE001 - the inference thread must survive the node's callbacks
+                self.log("error", f"inference callback failed: {type(exc).__name__}: {exc}")
             with self._cv:
                 self._busy = False
 

@@ -1,0 +1,145 @@
+"""Bad input and faults through the real graph: the node in its own process logs one clear line,
+keeps running, and the arm holds (issue: "the node survives anything a robot's graph can send it")."""
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_srvs.srv import Trigger
+
+from controller_standin import PANDA_JOINTS, RobotStandIn
+from ros_testing import call_service, wait_for, wait_future
+from test_policy_node import instruct, start_node, wait_active
+
+
+@pytest.fixture
+def robot():
+    r = RobotStandIn()
+    yield r
+    r.close()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height (8-bit RGB) and holds no pixel data: a decompression
+    bomb's header (a real one is a few hundred KB of zlib that inflates to width*height*3 bytes)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b"")
+
+
+def test_a_second_deactivate_is_answered_as_failed_and_the_node_keeps_running(robot, tmp_path):
+    with start_node(tmp_path, "output.mode:=forward_position") as proc:
+        wait_active(proc)
+        instruct(robot, proc, "touch the red cube")
+        wait_for(lambda: robot.counts()["fwd"] >= 5, what="commands", process=proc)
+        change = robot.node.create_client(ChangeState, "policy_node/change_state")
+        get = robot.node.create_client(GetState, "policy_node/get_state")
+        assert change.wait_for_service(timeout_sec=60)
+        request = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE))
+        wait_future(change.call_async(request), what="first deactivate")
+        wait_for(lambda: "inactive: holding the arm" in proc.output(), process=proc)
+        second = wait_future(change.call_async(request), what="an answer to the second deactivate")
+        assert second.success is False
+        wait_for(lambda: "lifecycle transition 4 refused in state 'inactive'" in proc.output(), process=proc)
+        assert call_service(get, GetState.Request()).current_state.label == "inactive" and proc.alive()
+        activate = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE))
+        assert wait_future(change.call_async(activate), what="activate").success
+        n = robot.counts()["fwd"]
+        wait_for(lambda: robot.counts()["fwd"] > n + 5, what="commands after re-activation", process=proc)
+
+
+def test_decompression_bombs_and_odd_frames_are_refused_before_decoding(robot, tmp_path):
+    compressed = robot.node.create_publisher(CompressedImage, "front/image_raw/compressed", qos_profile_sensor_data)
+    bomb = png_header_only(20000, 20000)
+    cases = {
+        "compressed image exceeds the limit": lambda: compressed.publish(CompressedImage(format="png", data=bomb)),
+    }
+    with start_node(tmp_path, "cameras.transports:=[compressed]", "output.mode:=forward_position") as proc:
+        wait_active(proc)
+        wait_for(lambda: compressed.get_subscription_count() > 0, what="node subscribed", process=proc)
+        estop = robot.node.create_client(Trigger, "policy_node/estop")
+        assert estop.wait_for_service(timeout_sec=60)
+        for needle, send in cases.items():
+            def publish_until_logged():
+                send()
+                return needle in proc.output()
+            wait_for(publish_until_logged, what=needle, process=proc)
+        # The e-stop service answers while bombs keep coming.
+        for _ in range(30):
+            compressed.publish(CompressedImage(format="png", data=bomb))
+        t0 = time.monotonic()
+        assert call_service(estop, Trigger.Request()).success
+        assert time.monotonic() - t0 < 5.0
+        assert proc.alive() and proc.output().count("exceeds the limit") == 1
+
+
+@pytest.mark.parametrize("kind,make,needle", [
+    ("depth", lambda: Image(height=64, width=64, encoding="16UC1", step=128, data=b"\x00" * 8192),
+     "16UC1 is a 16-bit (depth) encoding"),
+    ("sliver", lambda: Image(height=1, width=4000, encoding="rgb8", step=12000, data=b"\x00" * 12000),
+     "4000x1 image is smaller than 16 pixels"),
+    ("huge_raw_header", lambda: Image(height=10000, width=10000, encoding="rgb8", step=30000, data=b"\x00" * 10),
+     "10000x10000 image exceeds the limit"),
+])
+def test_odd_raw_frames_are_refused_with_one_line(robot, tmp_path, kind, make, needle):
+    raw = robot.node.create_publisher(Image, "front/image_raw", qos_profile_sensor_data)
+    robot.publish_images = False
+    with start_node(tmp_path, "output.mode:=forward_position") as proc:
+        wait_active(proc)
+        wait_for(lambda: raw.get_subscription_count() > 0, what="node subscribed", process=proc)
+        msg = make()
+
+        def publish_until_logged():
+            msg.header.stamp = robot.node.get_clock().now().to_msg()
+            raw.publish(msg)
+            return needle in proc.output()
+        wait_for(publish_until_logged, what=needle, process=proc)
+        for _ in range(10):
+            raw.publish(msg)
+        instruct(robot, proc, "touch the red cube")
+        robot.publish_images = True  # good frames again: the node commands
+        wait_for(lambda: robot.counts()["fwd"] >= 5, what="commands with good frames", process=proc)
+        assert proc.output().count(needle) == 1
+
+
+@pytest.mark.parametrize("offset,label", [(-3600.0, "an hour old"), (3600.0, "an hour ahead"), (None, "zero")])
+def test_frames_stamped_far_from_the_node_clock_are_refused_and_the_arm_holds(robot, tmp_path, offset, label):
+    robot.publish_images = False
+    raw = robot.node.create_publisher(Image, "front/image_raw", qos_profile_sensor_data)
+    with start_node(tmp_path, "output.mode:=forward_position") as proc:
+        wait_active(proc)
+        instruct(robot, proc, "touch the red cube")
+        img = Image(height=64, width=64, encoding="rgb8", step=192, data=robot.image.tobytes())
+
+        def publish_until_logged():
+            now = robot.node.get_clock().now().nanoseconds * 1e-9
+            t = 0.0 if offset is None else now + offset
+            img.header.stamp = Time(sec=int(t), nanosec=int((t % 1) * 1e9))
+            raw.publish(img)
+            return "refused a frame stamped" in proc.output()
+        wait_for(publish_until_logged, what=f"a frame stamped {label} refused", process=proc)
+        for _ in range(20):
+            raw.publish(img)
+        assert robot.counts()["fwd"] == 0  # never commanded from those frames
+        assert proc.output().count("refused a frame stamped") == 1  # throttled
+        robot.publish_images = True
+        wait_for(lambda: robot.counts()["fwd"] >= 5, what="commands with well-stamped frames", process=proc)
+
+
+def test_joint_states_with_mismatched_lengths_are_named_plainly(robot, tmp_path):
+    def short_positions(msg: JointState):
+        msg.position = list(msg.position)[:3]
+        return msg
+    robot.joint_state_override = short_positions
+    with start_node(tmp_path, "output.mode:=forward_position") as proc:
+        wait_active(proc)
+        wait_for(lambda: "joint_states has 7 names but 3 positions" in proc.output(), process=proc)
+        assert "lacks configured joints []" not in proc.output()
+        assert len(PANDA_JOINTS) == 7 and np.isfinite(robot.position).all()
