@@ -46,6 +46,7 @@ SCENARIOS = {
     "100hz_in_process": (100.0, 1, 96, 96, "in_process"),
     "1cam_640": (30.0, 1, 640, 480, "server"),
     "4cam_640": (30.0, 4, 640, 480, "server"),
+    "100hz_fifo": (100.0, 1, 96, 96, "server"),  # + control.realtime_priority 50 (SCHED_FIFO)
 }
 GROUPS = {"default": list(SCENARIOS), "quick": ["30hz", "100hz"]}
 
@@ -81,6 +82,8 @@ def run_node(name: str, seconds: float, preset: str, threads: int):
            "-p", "autostart:=true", "-p", "output.mode:=forward_position", "-p", f"control.rate:={rate}",
            "-p", f"model.preset:={preset}", "-p", "joints.max_step:=10.0", "-p", f"model.threads:={threads}",
            "-p", f"model.process:={process}", "-p", f"cameras.names:=[{','.join(names)}]"]
+    if name.endswith("_fifo"):
+        cmd += ["-p", "control.realtime_priority:=50"]
     log = open(ROOT / "benchmarks" / "results" / f"node_latency_{name}.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     node = rclpy.create_node(f"node_latency_bench_{name}")
@@ -114,7 +117,8 @@ def run_node(name: str, seconds: float, preset: str, threads: int):
             for kv in st.values:
                 if kv.key == "frames_received":
                     received.append((int(kv.value), len(frames)))  # (node's count, frame sets published by then)
-                elif kv.key in ("model_p50_ms", "model_p99_ms"):
+                elif kv.key in ("model_p50_ms", "model_p99_ms", "control_period_mean_ms",
+                                "control_period_abs_dev_p99_ms", "control_late_p99_ms"):
                     model[kv.key] = float(kv.value)
 
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
@@ -128,7 +132,11 @@ def run_node(name: str, seconds: float, preset: str, threads: int):
     images = [Image(height=height, width=width, encoding="rgb8", step=width * 3,
                     data=rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8).tobytes()) for _ in names]
 
+    paused = [False]  # the camera pauses briefly at both ends of the window to count lost frames exactly
+
     def publish_frames():  # a 30 fps camera rig, all cameras triggered together
+        if paused[0]:
+            return
         stamp = node.get_clock().now()
         frames[stamp.nanoseconds] = time.monotonic()
         for pub, img in zip(img_pubs, images):
@@ -146,26 +154,38 @@ def run_node(name: str, seconds: float, preset: str, threads: int):
     deadline = time.monotonic() + 120
     while len(commands) < 30 and time.monotonic() < deadline:  # model load, discovery, warm-up
         rclpy.spin_once(node, timeout_sec=0.05)
-    n_diag = len(received)
-    while len(received) == n_diag and time.monotonic() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.05)
+
+    def counts_after_a_pause():
+        """(node's frames received, frame sets published) once every published frame has arrived: the
+        camera pauses, and the node's next diagnostics message after 0.25 s of silence is taken."""
+        paused[0] = True
+        t = time.monotonic()
+        while time.monotonic() < t + 0.25:
+            rclpy.spin_once(node, timeout_sec=0.01)
+        n = len(received)
+        while len(received) == n and time.monotonic() < t + 10:
+            rclpy.spin_once(node, timeout_sec=0.01)
+        paused[0] = False
+        return received[-1] if len(received) > n else None
+
+    first_diag = counts_after_a_pause()
     start = time.monotonic()
     n_cmd0, n_chunk0, n_f2c0 = len(commands), len(chunk_arrivals), len(frame_to_command)
     n_frames0 = len(frames)
-    first_diag = received[-1] if received else None
     while time.monotonic() < start + seconds:
         rclpy.spin_once(node, timeout_sec=0.01)
-    # Frames lost between two diagnostics messages (counts up to one frame in flight per camera).
+    commands_end = len(commands)  # the command stream is measured up to here (before the pause)
+    last_diag = counts_after_a_pause()
     lost = None
-    if first_diag is not None and received[-1] is not first_diag:
-        lost = (received[-1][1] - first_diag[1]) * cams - (received[-1][0] - first_diag[0])
+    if first_diag is not None and last_diag is not None:
+        lost = (last_diag[1] - first_diag[1]) * cams - (last_diag[0] - first_diag[0])
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
     log.close()
     node.destroy_node()
     f2chunk = [(t - frames[ns]) * 1e3 for ns, t in chunk_arrivals[n_chunk0:] if ns in frames]
     f2cmd = [v for v in frame_to_command[n_f2c0:] if v == v]
-    periods = np.diff(commands[n_cmd0:]) * 1e3
+    periods = np.diff(commands[n_cmd0:commands_end]) * 1e3
     return {
         "scenario": name, "rate_hz": rate, "cameras": cams, "width": width, "height": height, "process": process,
         "frames_published": len(frames) - n_frames0, "chunks": len(f2chunk), "commands": len(periods) + 1,
@@ -175,9 +195,14 @@ def run_node(name: str, seconds: float, preset: str, threads: int):
         "period_std_ms": float(periods.std()) if len(periods) else float("nan"),
         "period_p99_abs_dev_ms": pct(np.abs(periods - 1e3 / rate), 99),
         "period_max_ms": float(periods.max()) if len(periods) else float("nan"),
-        "frames_lost": max(lost, 0) if lost is not None else None,
+        "frames_lost": lost,
         "model_in_server_p50_ms": model.get("model_p50_ms", float("nan")),
         "model_in_server_p99_ms": model.get("model_p99_ms", float("nan")),
+        # The control loop's own timing (its last 1000 steps, measured in the node): the jitter above
+        # is measured here, after DDS and this process's executor.
+        "in_node_period_mean_ms": model.get("control_period_mean_ms", float("nan")),
+        "in_node_period_abs_dev_p99_ms": model.get("control_period_abs_dev_p99_ms", float("nan")),
+        "in_node_late_p99_ms": model.get("control_late_p99_ms", float("nan")),
         "stamp_to_chunk_publish_p50_ms": pct([a for a, _ in in_node[n_chunk0:]], 50),
         "request_to_answer_p50_ms": pct([b for _, b in in_node[n_chunk0:]], 50),
     }
@@ -224,10 +249,12 @@ def main():
               f"| {r['period_mean_ms']:.2f} / {r['period_std_ms']:.2f} | {r['period_p99_abs_dev_ms']:.2f} "
               f"| {r['period_max_ms']:.1f} | {r['frames_lost']} |")
     print("\nwhere the time goes (p50 ms): frame stamp -> ActionChunk published by the node | request -> answer "
-          "from the policy server | the model's own time inside the server during the run")
+          "from the policy server | the model's own time inside the server during the run; and the control loop "
+          "as the node sees it: period mean, |period - nominal| p99, start after deadline p99 (ms)")
     for r in rows:
         print(f"  {r['scenario']}: {r['stamp_to_chunk_publish_p50_ms']:.1f} | {r['request_to_answer_p50_ms']:.1f} | "
-              f"{r['model_in_server_p50_ms']:.1f}")
+              f"{r['model_in_server_p50_ms']:.1f};  loop {r['in_node_period_mean_ms']:.2f} | "
+              f"{r['in_node_period_abs_dev_p99_ms']:.2f} | {r['in_node_late_p99_ms']:.2f}")
     out = Path(args.out)
     out.write_text(json.dumps({"preset": args.preset, "threads": args.threads, "seconds": args.seconds,
                                "loadavg": load, "rows": rows}, indent=2))

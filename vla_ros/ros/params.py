@@ -114,6 +114,11 @@ SPEC: dict[str, tuple[Parameter.Type, Any, str, dict]] = {
                           "Gripper actions above this value mean open, below mean closed.", {"range": (-10.0, 10.0)}),
     # -- control -------------------------------------------------------------------------
     "control.rate": (Parameter.Type.DOUBLE, 30.0, "Control loop rate (Hz): one action per tick.", {"range": (1.0, 1000.0)}),
+    "control.realtime_priority": (Parameter.Type.INTEGER, 0,
+                                  "SCHED_FIFO priority (1-99) for the control loop's thread, as ros2_control's "
+                                  "thread_priority; 0 keeps the normal scheduler. Needs the right to use real-time "
+                                  "scheduling (root, CAP_SYS_NICE or an rtprio limit); without it the node logs a "
+                                  "warning and runs on the normal scheduler.", {"range": (0, 99)}),
     "control.refill_threshold": (Parameter.Type.INTEGER, 4,
                                  "Request a new chunk when this many actions or fewer are left; keep it at least the "
                                  "inference latency in control ticks (plus margin), or the queue runs dry.",

@@ -27,6 +27,7 @@ Parameters: see vla_ros/ros/params.py (and `ros2 param describe`); only dry_run 
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -429,6 +430,14 @@ class PolicyNode(LifecycleNode):
     def _control_loop(self):
         c = self.controller
         sim_time = self.get_parameter("use_sim_time").value
+        priority = self.p["control.realtime_priority"]
+        if priority > 0:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # this thread only (Linux)
+                self.get_logger().info(f"control loop runs with SCHED_FIFO priority {priority}")
+            except (PermissionError, OSError, AttributeError) as exc:
+                self.get_logger().warning(f"control.realtime_priority {priority} not applied ({exc}); the control "
+                                          "loop runs on the normal scheduler")
         while not self._stop.is_set():
             # The next tick's absolute deadline; a tick missed by less than a period runs at once (late),
             # further behind the loop joins the timeline where the clock is (the controller skips the rest).
@@ -448,6 +457,7 @@ class PolicyNode(LifecycleNode):
             if self._stop.is_set():
                 break
             try:
+                self.telemetry.loop_started(time.monotonic(), self._now() - deadline)
                 self._control_step()
             except Exception as exc:  # never let the control loop die; hold and report
                 c.command_failed(f"control loop error: {exc!r}")

@@ -34,6 +34,8 @@ class Telemetry:
         self.period = 1.0 / p["control.rate"]
         self._lock = threading.Lock()
         self.latencies = deque(maxlen=200)
+        self._loop_starts = deque(maxlen=1000)   # monotonic time of each control step (the loop's own view)
+        self._loop_lateness = deque(maxlen=1000)  # s after its deadline each step started
         self._count = 0
         self.chunk_pub = node.create_publisher(ActionChunk, "~/action_chunk", 10)
         self.status_pub = node.create_publisher(PolicyStatus, "~/status", 10)
@@ -45,6 +47,22 @@ class Telemetry:
         n.destroy_timer(self.timer)
         for pub in (self.chunk_pub, self.status_pub, self.diag_pub):
             n.destroy_publisher(pub)
+
+    def loop_started(self, t: float, lateness: float) -> None:
+        """The control loop's own timing, reported in /diagnostics (control_period_*, control_late_*)."""
+        with self._lock:
+            self._loop_starts.append(t)
+            self._loop_lateness.append(lateness)
+
+    def loop_stats(self) -> dict:
+        with self._lock:
+            starts, late = np.array(self._loop_starts), np.array(self._loop_lateness)
+        if len(starts) < 3:
+            return {}
+        periods = np.diff(starts) * 1e3
+        return {"control_period_mean_ms": float(periods.mean()),
+                "control_period_abs_dev_p99_ms": float(np.percentile(np.abs(periods - self.period * 1e3), 99)),
+                "control_late_p99_ms": float(np.percentile(late, 99) * 1e3)}
 
     def latest_latency(self) -> float:
         with self._lock:
@@ -94,5 +112,7 @@ class Telemetry:
                 ("frames_received", str(c.frames_received)), ("dry_ticks", str(c.queue.dry_ticks)),
                 ("model_p50_ms", f"{np.percentile(list(self.model_ms) or [0.0], 50):.2f}"),
                 ("model_p99_ms", f"{np.percentile(list(self.model_ms) or [0.0], 99):.2f}"),
-                ("control_rate_hz", f"{self.p['control.rate']:g}"), ("last_error", c.last_error))]))
+                ("control_rate_hz", f"{self.p['control.rate']:g}"),
+                *((k, f"{v:.3f}") for k, v in self.loop_stats().items()),
+                ("last_error", c.last_error))]))
         self.diag_pub.publish(diag)
