@@ -2,15 +2,15 @@
 
 A managed (lifecycle) node; configure starts the policy server and loads the model, activate
 starts commanding, deactivate holds the arm. Three activities, each on its own thread:
-  * the control loop (`_control_loop`): a thread of its own that wakes at absolute deadlines
-    (node clock, so /clock under use_sim_time) and does bounded work per tick: one decision
-    of the controller (vla_ros/runtime/controller.py), the safety layer, one command;
+  * the control loop (vla_ros/ros/control_loop.py): a thread of its own that wakes at absolute
+    deadlines (node clock, so /clock under use_sim_time) and does bounded work per tick: one
+    decision of the controller (vla_ros/runtime/controller.py), the safety layer, one command;
   * inference: the model runs in a policy server process (vla_ros/runtime/policy_server.py)
     that this node starts and supervises; an observation is sent from the image callback as
     soon as a new frame (of every camera) arrives and the chunk queue needs one, and the
     answers come back on the client's reader thread;
-  * the executor's one thread: subscriptions, services, the ExecuteInstruction server (goals
-    are coroutines, see task_server.py), status. Single-threaded on purpose: rclpy's
+  * the executor's one thread: subscriptions (vla_ros/ros/inputs.py), services, the
+    ExecuteInstruction server (goals are coroutines, see task_server.py), status. Single-threaded on purpose: rclpy's
     MultiThreadedExecutor lost 60 % of four 640x480 cameras at 30 Hz here.
 
 Topics, services and actions (relative names; remap them to the robot's):
@@ -27,36 +27,30 @@ Parameters: see vla_ros/ros/params.py (and `ros2 param describe`); only dry_run 
 """
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
 import time
-import traceback
 
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
 from vla_ros.ros import params as P
-from vla_ros.ros.conversions import JointStateMatcher, compressed_to_rgb, image_to_rgb
+from vla_ros.ros.control_loop import ControlLoop
+from vla_ros.ros.inputs import Inputs
 from vla_ros.ros.outputs import GripperOutput, make_output
 from vla_ros.ros.task_server import TaskServer
 from vla_ros.ros.telemetry import Telemetry
-from vla_ros.runtime.controller import Controller, ControllerConfig, Hold
+from vla_ros.runtime.controller import Controller, ControllerConfig
 from vla_ros.runtime.ee import ROTATION_SIZES
-from vla_ros.runtime.images import ImageDecodeError, ImageLimits
 from vla_ros.runtime.policy_client import InProcessPolicy, PolicyProcess
 from vla_ros.runtime.policy_loader import PolicyLoadError
 from vla_ros.runtime.safety import JointLimits, SafetyFilter, WorkspaceBox
@@ -78,16 +72,10 @@ class PolicyNode(LifecycleNode):
         self.controller = None
         self.policy = None
         self.exit_code = None
+        self.loop = self.tasks = self.output = self.gripper = self.telemetry = self.inputs = None
         self._logged_once = set()
         self._log_lock = threading.Lock()
-        # Held across one tick's decision and its command, and by the e-stop service and deactivate,
-        # which stop the arm at once: no command leaves after ~/estop has answered "latched".
-        self._command_lock = threading.Lock()
-        self._output_held = True
         self._entities = []
-        self._threads = []
-        self._stop = threading.Event()
-        self._shutdown_held = threading.Event()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         if self.get_parameter("autostart").value:
             # Without a lifecycle manager (launch or `ros2 lifecycle set`), come up active.
@@ -119,7 +107,6 @@ class PolicyNode(LifecycleNode):
     def _configure(self, meta) -> TransitionCallbackReturn:
         p = self.p
         self.cams, self.joint_names = list(p["cameras.names"]), list(p["joints.names"])
-        self.state_names = list(meta["state_names"])
         self.period = 1.0 / p["control.rate"]
         self.controller = Controller(ControllerConfig(
             cameras=self.cams, horizon=meta["horizon"], dim=meta["action_dim"], period=self.period,
@@ -127,12 +114,10 @@ class PolicyNode(LifecycleNode):
             extra_inputs={"ee_pose": p["joint_states.timeout"]} if p["output.mode"] == "pose" else {},
             inference_timeout=p["control.inference_timeout"], ensemble=p["control.ensemble"],
             ensemble_decay=p["control.ensemble_decay"], refill_threshold=p["control.refill_threshold"],
-            dry_run=p["dry_run"], needs_state=bool(self.state_names)))
+            dry_run=p["dry_run"], needs_state=bool(meta["state_names"])))
         self._configure_interfaces(meta)
-        self._stop.clear()
-        self._threads = [threading.Thread(target=self._control_loop, name="vla_control", daemon=True)]
-        for t in self._threads:
-            t.start()
+        self.loop = ControlLoop(self, self.controller, p, self.output, self.gripper, self.telemetry)
+        self.loop.start()
         where = (f"policy server pid {self.policy.pid}" if p["model.process"] == "server" else "in process")
         self.get_logger().info(
             f"configured: {len(self.cams)} camera(s) {self.cams}, {len(self.joint_names)} joints, "
@@ -147,9 +132,7 @@ class PolicyNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        with self._command_lock:
-            self.controller.deactivate()
-            self._hold_output()
+        self.loop.stop_now(self.controller.deactivate)
         self.get_logger().info("inactive: holding the arm")
         return super().on_deactivate(state)
 
@@ -164,19 +147,11 @@ class PolicyNode(LifecycleNode):
     def _teardown(self):
         """Hold the arm, answer a running goal, stop the threads and the policy server, and remove the
         interfaces (cleanup, shutdown, Ctrl-C)."""
-        if self.controller is not None:
-            with self._command_lock:
-                self.controller.shutdown()
-                if getattr(self, "output", None) is not None:
-                    self._hold_output()
-                    self.output.flush()  # teardown runs on the executor's thread
-            if getattr(self, "tasks", None) is not None:
-                self.tasks.abort_all("the node is shutting down")
-        self._stop.set()
-        for t in self._threads:
-            if t is not threading.current_thread():
-                t.join(timeout=5.0)
-        self._threads = []
+        if self.loop is not None:
+            self.loop.stop_now(self.controller.shutdown)
+            self.output.flush()  # teardown runs on the executor's thread
+            self.tasks.abort_all("the node is shutting down")
+            self.loop.stop()
         if self.policy is not None:
             self.policy.close()
             self.policy = None
@@ -186,16 +161,16 @@ class PolicyNode(LifecycleNode):
             except Exception:  # noqa: BLE001 - already gone with the node
                 pass
         self._entities = []
-        self.tasks = self.output = self.gripper = self.telemetry = None
+        self.loop = self.tasks = self.output = self.gripper = self.telemetry = self.inputs = None
 
     def shutdown_gracefully(self, executor, timeout: float = 3.0):
         """Ctrl-C / SIGTERM: answer the running goal (aborted), hold the arm, then stop everything."""
-        if self.controller is not None and getattr(self, "tasks", None) is not None:
+        if self.loop is not None:
             self.get_logger().info("shutting down: holding the arm")
             self.tasks.shutdown()
             self.controller.shutdown()
             end = time.monotonic() + timeout
-            while (self.tasks.busy or not self._shutdown_held.is_set()) and time.monotonic() < end:
+            while (self.tasks.busy or not self.loop.shutdown_held.is_set()) and time.monotonic() < end:
                 executor.spin_once(timeout_sec=0.05)
             for _ in range(5):  # let the goal's result and the hold go out
                 executor.spin_once(timeout_sec=0.02)
@@ -229,7 +204,7 @@ class PolicyNode(LifecycleNode):
                     device=p["model.device"], dtype=p["model.dtype"], compile=p["model.compile"],
                     seed=p["model.seed"], threads=p["model.threads"])
         cls = PolicyProcess if p["model.process"] == "server" else InProcessPolicy
-        self.policy = cls(load, self._on_chunk, self._on_inference_failure, self._log)
+        self.policy = cls(load, self._on_chunk, self._on_inference_failure, self.log)
         try:
             return self.policy.start()
         except PolicyLoadError:
@@ -237,52 +212,31 @@ class PolicyNode(LifecycleNode):
             raise
 
     def _configure_interfaces(self, meta):
-        p, n = self.p, self
-        sensors = ReentrantCallbackGroup()
-        own = self._entities
-        self.image_limits = ImageLimits(max_width=p["cameras.max_width"], max_height=p["cameras.max_height"],
-                                        min_side=p["cameras.min_side"])
-        for cam, transport in zip(self.cams, p["cameras.transports"]):
-            if transport == "compressed":
-                sub = n.create_subscription(CompressedImage, f"{cam}/image_raw/compressed",
-                                            lambda m, c=cam: self._on_image(c, m, compressed_to_rgb),
-                                            qos_profile_sensor_data, callback_group=sensors)
-            else:
-                sub = n.create_subscription(Image, f"{cam}/image_raw", lambda m, c=cam: self._on_image(c, m, image_to_rgb),
-                                            qos_profile_sensor_data, callback_group=sensors)
-            own.append(lambda s=sub: n.destroy_subscription(s))
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        for sub in (n.create_subscription(String, "instruction", self._on_instruction, latched, callback_group=sensors),
-                    n.create_subscription(JointState, "joint_states", self._on_joint_states, qos_profile_sensor_data,
-                                          callback_group=sensors),
-                    n.create_subscription(Bool, "task_success", lambda m: self.controller.note_success(m.data), 10,
-                                          callback_group=sensors)):
-            own.append(lambda s=sub: n.destroy_subscription(s))
-        for srv in (n.create_service(Trigger, "~/estop", self._on_estop, callback_group=sensors),
-                    n.create_service(Trigger, "~/reset", self._on_reset, callback_group=sensors)):
+        p, n, c, own = self.p, self, self.controller, self._entities
+        self.inputs = Inputs(self, c, p, meta["state_names"], self._request_inference)
+        own.append(self.inputs.destroy)
+        for srv in (n.create_service(Trigger, "~/estop", self._on_estop),
+                    n.create_service(Trigger, "~/reset", self._on_reset)):
             own.append(lambda s=srv: n.destroy_service(s))
-        self.matcher = JointStateMatcher(self.joint_names)
-        self._joint_dict = {}
         limits = JointLimits(self.joint_names, np.array(p["joints.lower"]), np.array(p["joints.upper"]),
                              np.array(p["joints.max_velocity"]), np.array(p["joints.max_acceleration"]))
         safety = SafetyFilter(limits, self.period, max_step=p["joints.max_step"] or None,
                               workspace=WorkspaceBox(p["ee.frame"], np.array(p["workspace.min"]),
                                                      np.array(p["workspace.max"])))
-        c = self.controller
-        self.output = make_output(self, p, safety, self._log_once, lambda: c.joint_positions, c.peek,
-                                  lambda: c.chunks, lambda name: c.feed(name, self._now()), sensors)
-        self.gripper = GripperOutput(self, p, self._log_once, sensors) if p["gripper.enabled"] else None
+        self.output = make_output(self, p, safety, self.log_once, lambda: c.joint_positions, c.peek,
+                                  lambda: c.chunks, lambda name: c.feed(name, self._now()))
         own.append(self.output.destroy)
+        self.gripper = GripperOutput(self, p, self.log_once) if p["gripper.enabled"] else None
         if self.gripper is not None:
             own.append(self.gripper.destroy)
-        self.telemetry = Telemetry(self, c, p, meta["action_names"], self.policy.model_ms, sensors)
+        self.telemetry = Telemetry(self, c, p, meta["action_names"], self.policy.model_ms)
         supervise = n.create_timer(1.0, self._check_policy)
         own.append(lambda: n.destroy_timer(supervise))
-        self.tasks = TaskServer(self, c, p, self._set_instruction, self.telemetry.latest_latency)
+        self.tasks = TaskServer(self, c, p, self.inputs.set_instruction, self.telemetry.latest_latency)
         own += [self.telemetry.destroy, self.tasks.destroy]
 
     # ---------------------------------------------------------------- logging helpers
-    def _log(self, level: str, text: str):
+    def log(self, level: str, text: str):
         # One call site per severity: rclpy refuses a call site whose severity changes.
         if level == "error":
             self.get_logger().error(text)
@@ -291,13 +245,13 @@ class PolicyNode(LifecycleNode):
         else:
             self.get_logger().warning(text)
 
-    def _log_once(self, key: str, text: str, level: str = "warning"):
+    def log_once(self, key: str, text: str, level: str = "warning"):
         """Log a recurring condition once (until it clears, see clear_once)."""
         with self._log_lock:
             if key in self._logged_once:
                 return
             self._logged_once.add(key)
-        self._log(level, text)
+        self.log(level, text)
 
     def report_error(self, text: str):
         """An error that PolicyStatus.last_error should show (e.g. a controller refused a goal)."""
@@ -310,79 +264,9 @@ class PolicyNode(LifecycleNode):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    # ---------------------------------------------------------------- inputs
-    def _on_image(self, cam, msg, convert):
-        try:
-            rgb = convert(msg, self.image_limits)
-        except ImageDecodeError as exc:
-            self._log_once(f"image:{cam}:{exc}", f"camera '{cam}': dropped a malformed image: {exc}")
-            return
-        stamp, now = msg.header.stamp, self._now()
-        t = stamp.sec + stamp.nanosec * 1e-9
-        if t == 0.0 or abs(now - t) > self.p["cameras.max_stamp_offset"]:
-            self.get_logger().warning(
-                f"camera '{cam}': refused a frame stamped {t:.3f}, {now - t:+.3f} s from the node's clock "
-                f"(cameras.max_stamp_offset {self.p['cameras.max_stamp_offset']:g} s; is the camera on another "
-                "clock, or use_sim_time wrong?)", throttle_duration_sec=5.0)
-            return
-        self.controller.feed_image(cam, rgb, t, now, stamp)
-        self._request_inference()
-
-    def _on_instruction(self, msg: String):
-        self._set_instruction(msg.data, "instruction topic")
-
-    def _set_instruction(self, text: str, source: str) -> str | None:
-        """Validate and follow the instruction; return an error text when refused."""
-        text = text.strip()
-        if not text:
-            err = f"refused an empty instruction from the {source}"
-        elif len(text) > self.p["instruction.max_length"]:
-            err = (f"refused an instruction of {len(text)} characters from the {source} "
-                   f"(instruction.max_length is {self.p['instruction.max_length']})")
-        else:
-            if self.controller.set_instruction(text, self._now()):
-                self.get_logger().info(f"instruction from the {source}: '{text}'")
-            return None
-        self.get_logger().warning(err)
-        self.controller.last_error = err
-        return err
-
-    def _on_joint_states(self, msg: JointState):
-        pos, missing, unknown = self.matcher.match(msg)
-        if unknown:
-            self._log_once(f"unknown_joints:{unknown}", f"joint_states has joints not in joints.names, ignored: "
-                                                        f"{unknown}", "info")
-        for name, v in zip(msg.name, msg.position):
-            self._joint_dict[name] = float(v)
-        if pos is None:
-            if missing:
-                self._log_once(f"missing_joints:{missing}", f"joint_states lacks configured joints {missing}; "
-                                                            "the arm holds until they arrive")
-            else:
-                self._log_once("joint_lengths", f"joint_states has {len(msg.name)} names but {len(msg.position)} "
-                                                "positions; ignored")
-            return
-        if not np.all(np.isfinite(pos)):
-            self._log_once("nan_joints", f"joint_states has non-finite positions {pos.tolist()}; holding")
-            return
-        self.clear_once("nan_joints")
-        state = None
-        if self.state_names:
-            lacking = [s for s in self.state_names if s not in self._joint_dict]
-            if lacking:
-                self._log_once(f"state_missing:{lacking}", f"joint_states lacks {lacking}, which the model needs "
-                                                           "as proprioception; holding")
-                return
-            state = np.array([self._joint_dict[s] for s in self.state_names], dtype=np.float32)
-            if not np.all(np.isfinite(state)):
-                self._log_once("nan_joints", f"joint_states has non-finite positions {state.tolist()}; holding")
-                return
-        self.controller.feed_joints(pos, state, self._now())
-
+    # ---------------------------------------------------------------- services and parameters
     def _on_estop(self, request, response):
-        with self._command_lock:
-            self.controller.trigger_estop("e-stop service called")
-            self._hold_output()
+        self.loop.stop_now(lambda: self.controller.trigger_estop("e-stop service called"))
         self.get_logger().error("E-STOP latched: holding the arm until ~/reset is called")
         response.success, response.message = True, "e-stop latched"
         return response
@@ -424,90 +308,7 @@ class PolicyNode(LifecycleNode):
 
     def _on_inference_failure(self, obs, error):
         self.controller.inference_failed(obs, error)
-        self._log_once(f"infer:{error[:60]}", f"inference failed: {error}", "error")
-
-    # ---------------------------------------------------------------- control loop
-    def _control_loop(self):
-        c = self.controller
-        sim_time = self.get_parameter("use_sim_time").value
-        priority = self.p["control.realtime_priority"]
-        if priority > 0:
-            try:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # this thread only (Linux)
-                self.get_logger().info(f"control loop runs with SCHED_FIFO priority {priority}")
-            except (PermissionError, OSError, AttributeError) as exc:
-                self.get_logger().warning(f"control.realtime_priority {priority} not applied ({exc}); the control "
-                                          "loop runs on the normal scheduler")
-        while not self._stop.is_set():
-            # The next tick's absolute deadline; a tick missed by less than a period runs at once (late),
-            # further behind the loop joins the timeline where the clock is (the controller skips the rest).
-            now = self._now()
-            k = c.last_tick + 1
-            if c.deadline(k) < now - self.period:
-                k = c.tick_at(now) + 1
-            deadline = c.deadline(k)
-            if deadline - now > 2 * self.period:
-                deadline = now  # the clock jumped back: tick now (the controller restarts its timeline)
-            while not self._stop.is_set():
-                remaining = deadline - self._now()
-                if remaining <= 0:
-                    break
-                # Under /clock the deadline is in simulated time: poll it (the sim steps at its own pace).
-                self._stop.wait(min(remaining, 0.002) if sim_time else remaining)
-            if self._stop.is_set():
-                break
-            try:
-                self.telemetry.loop_started(time.monotonic(), self._now() - deadline)
-                self._control_step()
-            except Exception as exc:  # never let the control loop die; hold and report
-                c.command_failed(f"control loop error: {exc!r}")
-                self.get_logger().error(f"control loop error: {exc!r}\n{traceback.format_exc()}")
-
-    def _control_step(self):
-        with self._command_lock:
-            self._control_step_locked()
-
-    def _hold_output(self):
-        """Stop the arm once (again only after a command went out)."""
-        if not self._output_held:
-            self._output_held = True
-            self.output.hold()
-
-    def _control_step_locked(self):
-        c = self.controller
-        r = c.tick(self._now())
-        if r.hold_changed:
-            self._log_hold(r)
-        if r.hold_started:
-            self._hold_output()
-        if r.hold is Hold.SHUTDOWN:
-            self._shutdown_held.set()
-        if r.action is None or not r.command:
-            self.output.continue_hold(r.tick)
-            return
-        if r.hold_changed:
-            self.output.resume()
-        action = r.action
-        if self.gripper is not None:
-            self.gripper.send(float(action[-1]))
-            if self.p["action_space"] == "ee_delta":
-                action = action[:-1]
-        why = self.output.send(action, r.tick)
-        if why is not None:
-            c.command_failed(why)
-        else:
-            self._output_held = False
-
-    def _log_hold(self, r):
-        log = self.get_logger()
-        if r.hold is Hold.NONE:
-            log.info(f"running '{self.controller.instruction}'")
-        elif r.hold is Hold.DRY_RUN:
-            log.info(f"running '{self.controller.instruction}' in dry run (commanding nothing)")
-        elif r.hold.is_fault:
-            log.warning(f"holding the arm: {r.hold.value}" + (f" ({r.detail})" if r.detail else ""))
-        elif r.hold is not Hold.INACTIVE:
-            log.info(f"holding: {r.hold.value}" + (f" ({r.detail})" if r.detail else ""))
+        self.log_once(f"infer:{error[:60]}", f"inference failed: {error}", "error")
 
 
 def main(args=None) -> int:
