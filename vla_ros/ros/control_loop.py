@@ -27,7 +27,6 @@ class ControlLoop:
         self.output, self.gripper, self.telemetry = output, gripper, telemetry
         self.period = 1.0 / p["control.rate"]
         self.lock = threading.Lock()
-        self.shutdown_held = threading.Event()   # the SHUTDOWN hold went out
         self._held = True                        # no command since the last hold
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vla_control", daemon=True)
@@ -97,8 +96,6 @@ class ControlLoop:
             self._log_hold(r)
         if r.hold_started:
             self._hold()
-        if r.hold is Hold.SHUTDOWN:
-            self.shutdown_held.set()
         if r.action is None or not r.command:
             self.output.continue_hold(r.tick)
             return

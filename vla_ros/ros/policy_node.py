@@ -30,7 +30,6 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-import time
 
 import numpy as np
 import rclpy
@@ -163,16 +162,17 @@ class PolicyNode(LifecycleNode):
         self._entities = []
         self.loop = self.tasks = self.output = self.gripper = self.telemetry = self.inputs = None
 
-    def shutdown_gracefully(self, executor, timeout: float = 3.0):
-        """Ctrl-C / SIGTERM: answer the running goal (aborted), hold the arm, then stop everything."""
+    def shutdown_gracefully(self, executor, spins: int = 10):
+        """Ctrl-C / SIGTERM: hold the arm, answer the running goal (aborted), then stop everything.
+
+        Nothing here waits for a timer or a control tick: under use_sim_time the simulator may
+        already be gone, and its /clock with it."""
         if self.loop is not None:
             self.get_logger().info("shutting down: holding the arm")
-            self.tasks.shutdown()
-            self.controller.shutdown()
-            end = time.monotonic() + timeout
-            while (self.tasks.busy or not self.loop.shutdown_held.is_set()) and time.monotonic() < end:
-                executor.spin_once(timeout_sec=0.05)
-            for _ in range(5):  # let the goal's result and the hold go out
+            self.loop.stop_now(self.controller.shutdown)
+            self.output.flush()
+            self.tasks.abort_all("the node is shutting down")
+            for _ in range(spins):  # let the goal's result and the hold go out
                 executor.spin_once(timeout_sec=0.02)
         self._teardown()
 
