@@ -143,3 +143,25 @@ def test_joint_states_with_mismatched_lengths_are_named_plainly(robot, tmp_path)
         wait_for(lambda: "joint_states has 7 names but 3 positions" in proc.output(), process=proc)
         assert "lacks configured joints []" not in proc.output()
         assert len(PANDA_JOINTS) == 7 and np.isfinite(robot.position).all()
+
+
+def test_a_second_trajectory_server_under_the_same_name_does_not_crash_the_node(robot, tmp_path):
+    """Two FollowJointTrajectory servers answer every goal twice. rclpy's ActionClient then either
+    warns ("Ignoring unexpected goal response ... more than one action server") or raises
+    "Two goals were accepted with the same ID" out of the executor, which used to end the node."""
+    from control_msgs.action import FollowJointTrajectory
+    from rclpy.action import ActionServer
+
+    def accept(handle):
+        handle.succeed()
+        return FollowJointTrajectory.Result(error_code=0)
+    twin = ActionServer(robot.node, FollowJointTrajectory, "follow_joint_trajectory", accept)
+    with start_node(tmp_path) as proc:
+        wait_active(proc)
+        instruct(robot, proc, "touch the red cube")
+        wait_for(lambda: any(t in proc.output() for t in ("more than one action server", "Two goals were accepted")),
+                 what="the clash reported", process=proc)
+        n = robot.counts()["fjt"]
+        wait_for(lambda: robot.counts()["fjt"] > n + 5, what="goals keep going out", process=proc)
+        assert proc.alive() and proc.output().count("Two goals were accepted") <= 1
+    twin.destroy()

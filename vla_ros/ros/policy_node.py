@@ -335,7 +335,10 @@ def main(args=None) -> int:
             except (KeyboardInterrupt, ExternalShutdownException):
                 break
             except Exception as exc:  # noqa: BLE001 - e.g. a refused lifecycle request: log, keep serving
-                node.get_logger().error(f"{type(exc).__name__}: {exc} (the node keeps running)")
+                # Logged once per kind (e.g. a second FollowJointTrajectory server under the same name
+                # makes rclpy's ActionClient raise "Two goals were accepted with the same ID" per goal).
+                node.log_once(f"executor:{type(exc).__name__}:{str(exc)[:40]}",
+                              f"{type(exc).__name__}: {exc} (the node keeps running)", "error")
         node.shutdown_gracefully(executor)
     finally:
         executor.shutdown(timeout_sec=2.0)
