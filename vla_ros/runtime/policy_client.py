@@ -15,6 +15,7 @@ Both offer: `start() -> metadata`, `can_submit()`, `submit(obs) -> bool`, `resta
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -62,8 +63,10 @@ class PolicyProcess:
     def start(self) -> dict:
         """Start the server and load the model; returns its metadata or raises PolicyLoadError."""
         ours, theirs = ipc.socket_pair()
+        # The server imports vla_ros from wherever this process found it (a colcon install, the venv).
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         proc = subprocess.Popen([sys.executable, "-m", "vla_ros.runtime.policy_server", "--fd", str(theirs.fileno())],
-                                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+                                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         ours.settimeout(self.load_timeout)
         try:
