@@ -1,5 +1,6 @@
 """Bad input and faults through the real graph: the node in its own process logs one clear line,
 keeps running, and the arm holds (issue: "the node survives anything a robot's graph can send it")."""
+import os
 import struct
 import time
 import zlib
@@ -165,3 +166,32 @@ def test_a_second_trajectory_server_under_the_same_name_does_not_crash_the_node(
         wait_for(lambda: robot.counts()["fjt"] > n + 5, what="goals keep going out", process=proc)
         assert proc.alive() and proc.output().count("Two goals were accepted") <= 1
     twin.destroy()
+
+
+def test_cleanup_and_configure_again_leaves_one_working_node(robot, tmp_path):
+    """cleanup removes the interfaces and the policy server; configure builds them again (no duplicates)."""
+    from ros_testing import executable, ros_process
+    from test_policy_node import PARAMS
+
+    args = ["--ros-args", "--params-file", str(PARAMS), "-p", "output.mode:=forward_position"]
+    with ros_process(executable("policy_node", *args), tmp_path / "cycle.log") as proc:
+        change = robot.node.create_client(ChangeState, "policy_node/change_state")
+        get = robot.node.create_client(GetState, "policy_node/get_state")
+        assert change.wait_for_service(timeout_sec=60) and get.wait_for_service(timeout_sec=60)
+
+        def go(tid, label):
+            wait_future(change.call_async(ChangeState.Request(transition=Transition(id=tid))), 30.0, f"-> {label}")
+            assert call_service(get, GetState.Request()).current_state.label == label
+
+        for cycle in range(2):
+            go(Transition.TRANSITION_CONFIGURE, "inactive")
+            go(Transition.TRANSITION_ACTIVATE, "active")
+            instruct(robot, proc, f"touch the red cube {cycle}")
+            n = robot.counts()["fwd"]
+            wait_for(lambda: robot.counts()["fwd"] > n + 10, what=f"commands in cycle {cycle}", process=proc)
+            go(Transition.TRANSITION_DEACTIVATE, "inactive")
+            go(Transition.TRANSITION_CLEANUP, "unconfigured")
+        out = proc.output()
+        servers = [int(x.split(")")[0]) for x in out.split("policy server pid ")[1:]]
+        assert len(servers) == 2 and all(not os.path.exists(f"/proc/{pid}") for pid in servers)
+        assert robot.node.count_publishers("forward_position") == 0  # cleanup removed the command publisher
