@@ -157,14 +157,15 @@ def test_bad_inputs_are_logged_once_and_do_not_crash_the_node(robot, tmp_path):
             out = proc.output()
             return "needs 12288 bytes, got 100" in out and "yuv422_weird" in out
         wait_for(publish_bad_images_until_logged, what="image errors logged", process=proc)
-        wait_for(lambda: "refused an empty instruction" in proc.output(), what="empty instruction logged", process=proc)
+        wait_for(lambda: "refused an instruction from the instruction topic: it is empty" in proc.output(),
+                 what="empty instruction logged", process=proc)
         wait_for(lambda: "mystery_joint" in proc.output(), what="unknown joint logged", process=proc)
         instruct(robot, proc, "touch the red cube")
         wait_for(lambda: robot.counts()["fwd"] >= 5, what="still commanding after bad input", process=proc)
         out = proc.output()
         assert proc.alive()
     assert out.count("yuv422_weird") == 1 and out.count("needs 12288 bytes") == 1
-    assert out.count("mystery_joint") == 1 and out.count("refused an empty instruction") == 1
+    assert out.count("mystery_joint") == 1 and out.count("it is empty") == 1
 
 
 def test_corrupt_compressed_image_is_refused_with_one_line(robot, tmp_path):

@@ -12,6 +12,7 @@ line (logged once per kind, or throttled) while the node keeps running:
 """
 from __future__ import annotations
 
+import unicodedata
 from typing import Callable
 
 import numpy as np
@@ -22,6 +23,18 @@ from std_msgs.msg import Bool, String
 from vla_ros.ros.conversions import JointStateMatcher, compressed_to_rgb, image_to_rgb
 from vla_ros.runtime.controller import Controller
 from vla_ros.runtime.images import ImageDecodeError, ImageLimits
+
+
+def instruction_problem(text: str, max_length: int) -> str | None:
+    """Why an instruction (already stripped) cannot be followed, or None."""
+    if not text:
+        return "is empty"
+    if len(text) > max_length:
+        return f"has {len(text)} characters (instruction.max_length is {max_length})"
+    controls = sorted({f"U+{ord(ch):04X}" for ch in text if unicodedata.category(ch) == "Cc" and ch not in "\t\n"})
+    if controls:  # terminal escapes and the like: they would reach the log and the model as they are
+        return f"contains control characters {controls}"
+    return None
 
 
 class Inputs:
@@ -68,7 +81,8 @@ class Inputs:
         try:
             rgb = convert(msg, self.limits)
         except ImageDecodeError as exc:
-            self.node.log_once(f"image:{cam}:{exc}", f"camera '{cam}': dropped a malformed image: {exc}")
+            # Keyed by the start of the message: its end may vary per frame (first bytes, sizes).
+            self.node.log_once(f"image:{cam}:{str(exc)[:40]}", f"camera '{cam}': dropped a malformed image: {exc}")
             return
         stamp, now = msg.header.stamp, self._now()
         t = stamp.sec + stamp.nanosec * 1e-9
@@ -87,11 +101,9 @@ class Inputs:
     def set_instruction(self, text: str, source: str) -> str | None:
         """Validate and follow the instruction; return an error text when refused."""
         text = text.strip()
-        if not text:
-            err = f"refused an empty instruction from the {source}"
-        elif len(text) > self.p["instruction.max_length"]:
-            err = (f"refused an instruction of {len(text)} characters from the {source} "
-                   f"(instruction.max_length is {self.p['instruction.max_length']})")
+        problem = instruction_problem(text, self.p["instruction.max_length"])
+        if problem:
+            err = f"refused an instruction from the {source}: it {problem}"
         else:
             if self.controller.set_instruction(text, self._now()):
                 self.node.get_logger().info(f"instruction from the {source}: '{text}'")

@@ -18,6 +18,7 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.task import Future
 
 from vla_ros.action import ExecuteInstruction
+from vla_ros.ros.inputs import instruction_problem
 from vla_ros.runtime.controller import Controller
 
 R = ExecuteInstruction.Result
@@ -71,10 +72,9 @@ class TaskServer:
         if not self.controller.active or self._shutdown:
             log.warning("ExecuteInstruction goal rejected: the node is not active")
             return GoalResponse.REJECT
-        text = goal.instruction.strip()
-        if not text or len(text) > self.p["instruction.max_length"]:
-            log.warning(f"ExecuteInstruction goal rejected: the instruction is empty or longer than "
-                        f"{self.p['instruction.max_length']} characters")
+        problem = instruction_problem(goal.instruction.strip(), self.p["instruction.max_length"])
+        if problem:
+            log.warning(f"ExecuteInstruction goal rejected: the instruction {problem}")
             return GoalResponse.REJECT
         if not math.isfinite(goal.timeout) or goal.timeout < 0:
             log.warning(f"ExecuteInstruction goal rejected: timeout {goal.timeout} is not a finite number >= 0 "

@@ -70,13 +70,19 @@ def compressed_size(data) -> tuple[int, int]:
     """
     from PIL import Image, UnidentifiedImageError
 
+    buf = _as_bytes_array(data, "compressed image data")
+    if buf.size == 0:
+        raise ImageDecodeError("zero-size compressed image")
     try:
-        with Image.open(io.BytesIO(_as_bytes_array(data, "compressed image data"))) as im:
+        with Image.open(io.BytesIO(buf)) as im:
             return im.size
     except Image.DecompressionBombError as exc:  # Pillow's own guard, far above any camera limit
         raise ImageDecodeError(f"compressed image exceeds the limit: {exc}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageDecodeError(f"unreadable compressed image header: {exc}") from None
+    except UnidentifiedImageError:  # (its message names a Python object: not for a log line)
+        raise ImageDecodeError(f"compressed image is neither JPEG nor PNG (first bytes "
+                               f"{buf[:4].tobytes().hex()})") from None
+    except (OSError, ValueError) as exc:
+        raise ImageDecodeError(f"unreadable compressed image header ({type(exc).__name__})") from None
 
 
 # encoding -> (channels, bytes per channel)
