@@ -20,7 +20,6 @@ needs other parameters (compressed camera transport, follow_joint_trajectory out
     python benchmarks/robustness.py [--quick] [--kinds NAME ...] [--out FILE]
 """
 import argparse
-import glob
 import json
 import math
 import os
@@ -56,7 +55,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from ros_testing import RosProcess, SpinningNode  # noqa: E402
+from ros_testing import RosProcess, SpinningNode, remove_stale_shm, shm_files  # noqa: E402
 from vla_ros.action import ExecuteInstruction  # noqa: E402
 from vla_ros.msg import ActionChunk  # noqa: E402
 
@@ -77,7 +76,6 @@ GROUPS = {  # node parameter sets beyond the common ones
     "compressed": ["cameras.transports:=[compressed]"],
     "fjt": ["output.mode:=follow_joint_trajectory"],
 }
-SHM_GLOBS = ("/dev/shm/fastdds_*", "/dev/shm/sem.fastdds_*", "/dev/shm/fastrtps_*", "/dev/shm/sem.fastrtps_*")
 WARN_RE = re.compile(r"^\[(WARN|ERROR|FATAL)\]", re.M)
 LINE_TS = re.compile(r"^\[(?:WARN|ERROR|INFO|FATAL)\] \[(\d+\.\d+)\] \[[^\]]*\]: (.*)$", re.M)
 PID_RE = re.compile(r"policy server (?:running again \()?pid (\d+)")
@@ -791,30 +789,6 @@ class Campaign:
         return row
 
 
-def shm_files():
-    return {f for pattern in SHM_GLOBS for f in glob.glob(pattern)}
-
-
-def shm_in_use():
-    used = set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/maps") as f:
-                used.update(line.split(None, 5)[-1].strip() for line in f if "/dev/shm/" in line)
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if target.startswith("/dev/shm/"):
-                    used.add(target)
-        except OSError:
-            continue
-    return used
-
-
 def mark(v):
     return v if isinstance(v, str) else ("yes" if v else "NO")
 
@@ -846,12 +820,7 @@ def main():
             campaign.node.stop()
         robot.fjt.close()
         robot.close()
-        in_use = shm_in_use()
-        for f in shm_files() - shm_before - in_use:
-            try:
-                os.unlink(f)
-            except OSError:
-                pass
+        remove_stale_shm(shm_before)
     elapsed = time.monotonic() - t0
     load = os.getloadavg()
     print(f"\npolicy_node robustness ({len(rows)} kinds, {campaign.starts} node start(s), {elapsed:.0f} s, "

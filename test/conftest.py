@@ -3,7 +3,6 @@
 Imported by pytest before any test module, so the environment below is in place before
 any rclpy context exists in this process or in a subprocess a test starts.
 """
-import glob
 import os
 import sys
 from pathlib import Path
@@ -25,40 +24,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
-_SHM_GLOBS = ("/dev/shm/fastdds_*", "/dev/shm/sem.fastdds_*", "/dev/shm/fastrtps_*", "/dev/shm/sem.fastrtps_*")
-
-
-def _shm_files():
-    return {f for pattern in _SHM_GLOBS for f in glob.glob(pattern)}
-
-
 def pytest_sessionstart(session):
-    session.config._vla_ros_shm_before = _shm_files()
+    from ros_testing import shm_files  # imported here: rclpy only after the environment above is set
 
-
-def _shm_in_use():
-    """/dev/shm paths another live process has open or mapped (another session's nodes).
-
-    This process is left out: Fast DDS keeps its shared-memory ports mapped until the
-    process exits, and the session is ending.
-    """
-    used = set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/maps") as f:
-                used.update(line.split(None, 5)[-1].strip() for line in f if "/dev/shm/" in line)
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if target.startswith("/dev/shm/"):
-                    used.add(target)
-        except OSError:
-            continue
-    return used
+    session.config._vla_ros_shm_before = shm_files()
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -68,11 +37,7 @@ def pytest_sessionfinish(session, exitstatus):
     mapped are removed: by now every process the tests started has been ended by its
     fixture, while another session's (or a demo's) nodes may still be using theirs.
     """
-    before = getattr(session.config, "_vla_ros_shm_before", set())
-    in_use = _shm_in_use()
-    for f in _shm_files() - before - in_use:
-        try:
-            os.unlink(f)
-        except OSError:
-            pass
+    from ros_testing import remove_stale_shm
+
+    remove_stale_shm(getattr(session.config, "_vla_ros_shm_before", set()))
 

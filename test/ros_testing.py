@@ -3,6 +3,7 @@
 Tests wait on conditions (discovery, first message, goal accepted) with generous deadlines,
 never on fixed sleeps.
 """
+import glob
 import os
 import signal
 import subprocess
@@ -161,6 +162,45 @@ def call_service(client, request, what: str = "service response", attempt_timeou
         except AssertionError:
             if time.monotonic() >= end:
                 raise
+
+
+SHM_GLOBS = ("/dev/shm/fastdds_*", "/dev/shm/sem.fastdds_*", "/dev/shm/fastrtps_*", "/dev/shm/sem.fastrtps_*")
+
+
+def shm_files() -> set[str]:
+    """Fast DDS shared-memory files (segments, ports, their semaphores) now in /dev/shm."""
+    return {f for pattern in SHM_GLOBS for f in glob.glob(pattern)}
+
+
+def shm_in_use() -> set[str]:
+    """/dev/shm paths another live process has open or mapped (this process left out: Fast DDS
+    keeps its own ports mapped until the process exits)."""
+    used = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                used.update(line.split(None, 5)[-1].strip() for line in f if "/dev/shm/" in line)
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("/dev/shm/"):
+                    used.add(target)
+        except OSError:
+            continue
+    return used
+
+
+def remove_stale_shm(before: set[str]) -> None:
+    """Remove the Fast DDS files that appeared since `before` and that no live process uses."""
+    for f in shm_files() - before - shm_in_use():
+        try:
+            os.unlink(f)
+        except OSError:
+            pass
 
 
 class RawCollector:
