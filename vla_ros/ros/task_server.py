@@ -33,7 +33,6 @@ class TaskServer:
         self.feedback_latency = feedback_latency      # () -> latest inference latency (s)
         self._current = None                          # the newest accepted goal handle
         self._goals = {}                              # goal id -> (handle, start, timeout, future), while running
-        self._shutdown = False
         self.server = ActionServer(
             node, ExecuteInstruction, "~/execute_instruction", self._execute, goal_callback=self._on_goal,
             handle_accepted_callback=self._on_accepted, cancel_callback=lambda _: CancelResponse.ACCEPT,
@@ -42,11 +41,6 @@ class TaskServer:
         # Runs only while a goal runs: an idle timer would wake the single executor thread for nothing.
         self.timer = node.create_timer(period, self._check, callback_group=callback_group)
         self.timer.cancel()
-
-    def shutdown(self) -> None:
-        """End the running goal at the next check (aborted: the node is shutting down)."""
-        self._shutdown = True
-        self.timer.reset()
 
     def abort_all(self, reason: str) -> None:
         """End every running goal now (aborted), e.g. before the server is destroyed."""
@@ -59,17 +53,13 @@ class TaskServer:
             done.set_result(R(outcome=R.OUTCOME_ABORTED, message=message, steps=self.controller.steps,
                               elapsed=max(0.0, self._now() - start)))
 
-    @property
-    def busy(self) -> bool:
-        return bool(self._goals)
-
     def destroy(self) -> None:
         self.node.destroy_timer(self.timer)
         self.server.destroy()
 
     def _on_goal(self, goal):
         log = self.node.get_logger()
-        if not self.controller.active or self._shutdown:
+        if not self.controller.active:  # also false once the node shuts down
             log.warning("ExecuteInstruction goal rejected: the node is not active")
             return GoalResponse.REJECT
         problem = instruction_problem(goal.instruction.strip(), self.p["instruction.max_length"])
@@ -114,8 +104,6 @@ class TaskServer:
             end = None  # (outcome, message, why the arm stops or None)
             if self._current is not handle:
                 end = (R.OUTCOME_PREEMPTED, "preempted by a newer goal", None)
-            elif self._shutdown:
-                end = (R.OUTCOME_ABORTED, f"aborted after {c.steps} steps: the node is shutting down", "aborted")
             elif handle.is_cancel_requested:
                 end = (R.OUTCOME_CANCELED, f"canceled after {c.steps} steps", "goal canceled")
             elif c.succeeded:
