@@ -66,6 +66,7 @@ HOME = [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785]
 LOWER = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
 UPPER = np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973])
 MAX_VEL = np.array([2.1750, 2.1750, 2.1750, 2.1750, 2.6100, 2.6100, 2.6100])
+MAX_ACC = np.array([15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0])
 RATE, MAX_STEP, MAX_AGE, JS_TIMEOUT = 30.0, 0.05, 0.5, 0.5
 STEP_BOUND = np.minimum(MAX_STEP, MAX_VEL / RATE) + 1e-9
 WINDOW = 1.8                          # injection window (s)
@@ -75,6 +76,7 @@ GROUPS = {  # node parameter sets beyond the common ones
     "raw": [],
     "compressed": ["cameras.transports:=[compressed]"],
     "fjt": ["output.mode:=follow_joint_trajectory"],
+    "wild": [],  # the soak: model.checkpoint is added (a deliberately wild policy)
 }
 WARN_RE = re.compile(r"^\[(WARN|ERROR|FATAL)\]", re.M)
 LINE_TS = re.compile(r"^\[(?:WARN|ERROR|INFO|FATAL)\] \[(\d+\.\d+)\] \[[^\]]*\]: (.*)$", re.M)
@@ -84,6 +86,7 @@ RNG = np.random.default_rng(0)
 GOOD_RGB = RNG.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
 GOOD_JPEG = cv2.imencode(".jpg", GOOD_RGB[:, :, ::-1])[1].tobytes()
 GOOD_PNG = cv2.imencode(".png", GOOD_RGB[:, :, ::-1])[1].tobytes()
+NOISE_RNG = np.random.default_rng(1)  # the soak's camera: a new random frame every time
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -123,8 +126,8 @@ def ns_of(stamp) -> int:
 class FjtServer(SpinningNode):
     """The FollowJointTrajectory server in a node of its own, so a kind can take it away and bring it back."""
 
-    def __init__(self, robot):
-        super().__init__("robustness_fjt_server")
+    def __init__(self, robot, name="robustness_fjt_server"):
+        super().__init__(name)
         self.robot = robot
         self.server = ActionServer(self.node, FollowJointTrajectory, "follow_joint_trajectory", self._execute,
                                    goal_callback=lambda g: GoalResponse.ACCEPT if robot.accept_fjt
@@ -219,9 +222,10 @@ class Robot(SpinningNode):
         mode, now = self.camera, self.now()
         if mode is None:
             return
-        if mode == "good":
+        if mode in ("good", "noise"):
+            pixels = GOOD_RGB if mode == "good" else NOISE_RNG.integers(0, 256, (64, 64, 3), np.uint8)
             if self.transport == "raw":
-                msg = Image(height=64, width=64, encoding="rgb8", step=192, data=GOOD_RGB.tobytes())
+                msg = Image(height=64, width=64, encoding="rgb8", step=192, data=pixels.tobytes())
             else:
                 msg = CompressedImage(format="jpeg", data=GOOD_JPEG)
             msg.header.stamp = stamp_of(now)
@@ -229,7 +233,8 @@ class Robot(SpinningNode):
         else:
             msg = mode(now)
             self.bad_stamps.add(ns_of(msg.header.stamp))
-        msg.header.frame_id = "front_camera"
+        if mode in ("good", "noise"):
+            msg.header.frame_id = "front_camera"
         (self.raw_pub if isinstance(msg, Image) else self.comp_pub).publish(msg)
 
     def instruct(self, text=INSTRUCTION):
@@ -241,11 +246,11 @@ class Robot(SpinningNode):
 
 # ------------------------------------------------------------------------------ the node under test
 class PolicyNode:
-    def __init__(self, group: str, index: int):
+    def __init__(self, group: str, index: int, extra=()):
         exe = Path(sys.prefix) / "lib" / "vla_ros" / "policy_node"
         cmd = [str(exe), "--ros-args", "--params-file", str(PARAMS), "-p", "autostart:=true",
                "-p", "output.mode:=forward_position", "-p", "model.preset:=tiny", "-p", "model.threads:=1"]
-        for o in GROUPS[group]:
+        for o in [*GROUPS[group], *extra]:
             cmd += ["-p", o]
         self.group = group
         self.proc = RosProcess(cmd, RESULTS / f"robustness_{index:02d}_{group}.log")
@@ -257,7 +262,7 @@ class PolicyNode:
         return self.proc.alive()
 
     def stop(self):
-        self.proc.stop(signal.SIGINT, timeout=10.0)  # SIGKILL after 10 s
+        return self.proc.stop(signal.SIGINT, timeout=10.0)  # SIGKILL after 10 s
 
     def server_pid(self):
         pids = PID_RE.findall(self.output())
@@ -316,16 +321,19 @@ def image_kind(make, transport="raw"):
     return run
 
 
-def raw(h, w, enc="rgb8", step=None, data=None, offset=0.0, stamp_zero=False, fill=None):
+def raw(h, w, enc="rgb8", step=None, data=None, offset=0.0, stamp_zero=False, fill=None, bigendian=0, frame_id=None):
     if data is None:
-        ch = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "16UC1": 2, "mono16": 2}.get(enc, 3)
+        ch = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "16UC1": 2, "mono16": 2,
+              "32FC1": 4, "bayer_rggb8": 1}.get(enc, 3)
         arr = np.full((h, w, ch), fill, np.uint8) if fill is not None else RNG.integers(0, 256, (h, w, ch), np.uint8)
         data = arr.tobytes()
         step = w * ch if step is None else step
 
     def make(now):
-        msg = Image(height=h, width=w, encoding=enc, step=step if step is not None else w * 3, data=data)
+        msg = Image(height=h, width=w, encoding=enc, step=step if step is not None else w * 3, data=data,
+                    is_bigendian=bigendian)
         msg.header.stamp = Time() if stamp_zero else stamp_of(now + offset)
+        msg.header.frame_id = "front_camera" if frame_id is None else frame_id
         return msg
     return make
 
@@ -334,6 +342,7 @@ def compressed(fmt, data_fn):
     def make(now):
         msg = CompressedImage(format=fmt, data=data_fn())
         msg.header.stamp = stamp_of(now)
+        msg.header.frame_id = "front_camera"
         return msg
     return make
 
@@ -394,6 +403,59 @@ def js_stamp_zero(msg):
     return msg
 
 
+def js_absurd(msg):
+    p = list(msg.position)
+    p[0] = 1e9  # finite, but no arm is there
+    msg.position = p
+    return msg
+
+
+def js_past_limit(msg):
+    p = list(msg.position)
+    p[3] = UPPER[3] + 0.3
+    msg.position = p
+    return msg
+
+
+def js_duplicate(msg):
+    msg.name = list(msg.name) + [JOINTS[0]]
+    msg.position = list(msg.position) + [2.5]
+    return msg
+
+
+def js_velocity_nan(msg):
+    msg.velocity = [float("nan")] * len(msg.name)
+    return msg
+
+
+def js_many(msg):
+    msg.name = list(msg.name) + [f"extra_joint_{i}" for i in range(10000)]
+    msg.position = list(msg.position) + [0.0] * 10000
+    return msg
+
+
+def js_stamp_old(msg):
+    msg.header.stamp = stamp_of(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9 - 3600.0)
+    return msg
+
+
+def damaged_jpeg() -> bytes:
+    """A JPEG with 300 bytes cut from its scan data: libjpeg decodes it (grey blocks) but warns
+    "Corrupt JPEG data: premature end of data segment" (on stderr, where OpenCV lets it)."""
+    smooth = cv2.GaussianBlur(GOOD_RGB, (5, 5), 2)
+    data = bytearray(cv2.imencode(".jpg", smooth)[1].tobytes())
+    cut = len(data) // 2
+    del data[cut:cut + 300]
+    return bytes(data)
+
+
+DAMAGED_JPEG = damaged_jpeg()
+GREY_JPEG = cv2.imencode(".jpg", GOOD_RGB[:, :, 0])[1].tobytes()
+ALPHA_PNG = cv2.imencode(".png", np.dstack([GOOD_RGB, np.full((64, 64), 200, np.uint8)]))[1].tobytes()
+PNG16 = cv2.imencode(".png", GOOD_RGB.astype(np.uint16) * 257)[1].tobytes()
+GIF = b"GIF89a" + struct.pack("<HH", 64, 64) + bytes(64)
+
+
 def instruction_kind(text):
     def run(ctx):
         ctx.t0 = time.monotonic()
@@ -406,7 +468,8 @@ def instruction_kind(text):
     return run
 
 
-def goal_kind(instruction=INSTRUCTION, timeout=0.0, max_steps=0, expect_accept=False, cancel=False):
+def goal_kind(instruction=INSTRUCTION, timeout=0.0, max_steps=0, expect_accept=False, cancel=False,
+              expect_outcome=None):
     def run(ctx):
         r = ctx.robot
         if not r.execute.wait_for_server(timeout_sec=30):
@@ -434,11 +497,104 @@ def goal_kind(instruction=INSTRUCTION, timeout=0.0, max_steps=0, expect_accept=F
             out["ok"] = out["ok"] and out.get("outcome") == ExecuteInstruction.Result.OUTCOME_CANCELED
         elif max_steps:
             out["ok"] = out["ok"] and out.get("outcome") == ExecuteInstruction.Result.OUTCOME_MAX_STEPS
+        if expect_outcome is not None:
+            out["ok"] = out["ok"] and out.get("outcome") == expect_outcome
         time.sleep(0.3)  # let the node's hold (if any) begin before restoring
         ctx.marks["end"] = r.count()
         r.instruct(INSTRUCTION)  # the same text also ends an "ended goal" hold
         return out
     return run
+
+
+def send_goal(robot, goal):
+    for _ in range(3):  # a goal response can be lost right after discovery (ros2/rclpy#1123)
+        handle = wait_future(robot.execute.send_goal_async(goal), 10.0)
+        if handle is not None:
+            return handle
+    return None
+
+
+def kind_goal_preempted(ctx):
+    """A second goal while the first runs: the first ends PREEMPTED, the second runs (then is canceled)."""
+    r = ctx.robot
+    if not r.execute.wait_for_server(timeout_sec=30):
+        return {"ok": False, "error": "no ExecuteInstruction server"}
+    ctx.t0 = time.monotonic()
+    ctx.marks["start"] = r.count()
+    first = send_goal(r, ExecuteInstruction.Goal(instruction=INSTRUCTION))
+    if first is None or not first.accepted:
+        return {"ok": False, "error": "first goal not accepted"}
+    commands_flow(r, ctx.node, 3, 20.0)
+    second = send_goal(r, ExecuteInstruction.Goal(instruction="push the red cube left"))
+    res1 = wait_future(first.get_result_async(), 15.0)
+    kept = commands_flow(r, ctx.node, 5, 20.0)  # the second goal commands
+    if second is not None and second.accepted:
+        wait_future(second.cancel_goal_async(), 10.0)
+        wait_future(second.get_result_async(), 15.0)
+    ctx.marks["end"] = r.count()
+    r.instruct(INSTRUCTION)
+    outcome = None if res1 is None else int(res1.result.outcome)
+    return {"first_outcome": outcome, "second_accepted": bool(second and second.accepted), "second_commanded": kept,
+            "ok": outcome == ExecuteInstruction.Result.OUTCOME_PREEMPTED and bool(second and second.accepted) and kept}
+
+
+def kind_signal_mid_goal(sig):
+    """SIGINT / SIGTERM while a goal commands the arm: the goal is answered ABORTED, commands stop,
+    the node and its policy server exit (code 0) within seconds, no traceback."""
+    def run(ctx):
+        r, node = ctx.robot, ctx.node
+        if not r.execute.wait_for_server(timeout_sec=30):
+            return {"ok": False, "error": "no ExecuteInstruction server"}
+        handle = send_goal(r, ExecuteInstruction.Goal(instruction=INSTRUCTION))
+        if handle is None or not handle.accepted:
+            return {"ok": False, "error": "goal not accepted"}
+        result = handle.get_result_async()
+        commands_flow(r, node, 5, 20.0)
+        server = node.server_pid()
+        ctx.t0 = time.monotonic()
+        ctx.marks["start"] = r.count()
+        node.proc.proc.send_signal(sig)  # the node we started, by its pid
+        res = wait_future(result, 15.0)
+        exited = wait_until(lambda: not node.alive(), 20.0)
+        exit_s = time.monotonic() - ctx.t0
+        time.sleep(0.2)  # anything still in flight arrives
+        ctx.marks["end"] = r.count()
+        server_gone = server is not None and wait_until(lambda: not pid_running(server), 10.0)
+        outcome = None if res is None else int(res.result.outcome)
+        rc = node.proc.proc.returncode
+        return {"outcome": outcome, "message": None if res is None else res.result.message, "exit_code": rc,
+                "exit_s": round(exit_s, 2), "server_gone": server_gone, "ends_node": True,
+                "ok": (outcome == ExecuteInstruction.Result.OUTCOME_ABORTED and exited and rc == 0 and server_gone)}
+    return run
+
+
+def pid_running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def kind_twin_fjt_server(ctx):
+    """A second FollowJointTrajectory server under the same name (a second controller manager, a
+    stale simulator): both would run every goal; the node sends none while there are two."""
+    r, node = ctx.robot, ctx.node
+    mark = len(node.output())
+    ctx.t0 = time.monotonic()
+    ctx.marks["start"] = r.count()
+    twin = FjtServer(r, "robustness_fjt_twin")
+    try:
+        # Goals sent before the node has discovered the twin reach both: judge from the moment it says so.
+        seen = wait_until(lambda: "FollowJointTrajectory servers answer" in node.output()[mark:], 15.0, node)
+        noticed_s = time.monotonic() - ctx.t0
+        time.sleep(0.3)  # a goal sent just before may still be answered
+        ctx.marks["grace"] = r.count()
+        time.sleep(2.0)
+        ctx.marks["end"] = r.count()
+    finally:
+        twin.close()
+    return {"noticed_after_s": round(noticed_s, 2), "ok": seen}
 
 
 def last_hold_time(text: str, after: float):
@@ -494,14 +650,20 @@ def change(ctx, tid):
     return None if res is None else bool(res.success)
 
 
-def kind_lifecycle_cycles(ctx):
+def kind_lifecycle_cycles(n):
+    def run(ctx):
+        return lifecycle_cycles(ctx, n)
+    return run
+
+
+def lifecycle_cycles(ctx, n):
     r = ctx.robot
     if not r.change_state.wait_for_service(timeout_sec=10):
         return {"ok": False, "error": "no change_state service"}
     answers, quiet = [], []
     ctx.t0 = time.monotonic()
     ctx.marks["start"] = r.count()
-    for _ in range(5):
+    for _ in range(n):
         answers.append(change(ctx, Transition.TRANSITION_DEACTIVATE))
         time.sleep(0.4)
         c = r.count()
@@ -603,6 +765,23 @@ KINDS = [
       stale=True, needle=r"stale input \(camera"),
     K("raw: all black (valid)", "raw", "valid", image_kind(raw(64, 64, fill=0))),
     K("raw: all white (valid)", "raw", "valid", image_kind(raw(64, 64, fill=255))),
+    K("raw: empty encoding", "raw", "hold", image_kind(raw(64, 64, enc="", data=GOOD_RGB.tobytes(), step=192)),
+      needle=r"unsupported image encoding"),
+    K("raw: 32FC1 (float depth)", "raw", "hold", image_kind(raw(64, 64, enc="32FC1")),
+      needle=r"unsupported image encoding"),
+    K("raw: bayer_rggb8", "raw", "hold", image_kind(raw(64, 64, enc="bayer_rggb8")),
+      needle=r"unsupported image encoding"),
+    K("raw: 8UC1 (valid)", "raw", "valid", image_kind(raw(64, 64, enc="8UC1"))),
+    K("raw: data longer than step*height", "raw", "hold",
+      image_kind(raw(64, 64, data=GOOD_RGB.tobytes() + bytes(500), step=192)), needle=r"needs \d+ bytes"),
+    K("raw: 4097 wide, over cameras.max_width", "raw", "hold", image_kind(raw(16, 4097)),
+      needle=r"exceeds the limit"),
+    K("raw: 4294967295x4294967295 header, 10 bytes", "raw", "hold",
+      image_kind(raw(2**32 - 1, 2**32 - 1, data=bytes(10), step=2**32 - 1)), needle=r"exceeds the limit"),
+    K("raw: is_bigendian 1, 8-bit (valid)", "raw", "valid", image_kind(raw(64, 64, bigendian=1))),
+    K("raw: empty frame_id (valid)", "raw", "valid", image_kind(raw(64, 64, frame_id=""))),
+    K("raw: mono8 with row padding (valid)", "raw", "valid",
+      image_kind(raw(64, 64, enc="mono8", data=np.pad(GOOD_RGB[:, :, 0], ((0, 0), (0, 16))).tobytes(), step=80))),
     # joint states
     K("joint_states: NaN", "raw", "hold", js_kind(js_nan), quick=True, needle=r"non-finite"),
     K("joint_states: inf", "raw", "hold", js_kind(js_inf), needle=r"non-finite"),
@@ -614,6 +793,13 @@ KINDS = [
       needle=r"lacks configured joints"),
     K("joint_states: stamp zero", "raw", "any", js_kind(js_stamp_zero)),
     K("joint_states: names reversed (valid)", "raw", "valid", js_kind(js_reversed)),
+    K("joint_states: a position of 1e9", "raw", "hold", js_kind(js_absurd), needle=r"further than joint_states.limit"),
+    K("joint_states: 0.3 rad past a limit", "raw", "hold", js_kind(js_past_limit),
+      needle=r"further than joint_states.limit"),
+    K("joint_states: a joint named twice", "raw", "hold", js_kind(js_duplicate), needle=r"more than once"),
+    K("joint_states: velocities NaN, positions fine (valid)", "raw", "valid", js_kind(js_velocity_nan)),
+    K("joint_states: 10007 joints (valid)", "raw", "valid", js_kind(js_many)),
+    K("joint_states: stamp 1 h old", "raw", "any", js_kind(js_stamp_old)),
     # instruction topic (a refused one keeps the previous instruction running)
     K("instruction: empty", "raw", "valid", instruction_kind(""), needle=r"it is empty"),
     K("instruction: whitespace", "raw", "valid", instruction_kind(" \t\n  "), needle=r"it is empty"),
@@ -622,6 +808,9 @@ KINDS = [
     K("instruction: unicode/emoji (valid)", "raw", "valid", instruction_kind("schieb den Würfel 🟥 nach links ←")),
     K("instruction: control characters", "raw", "valid", instruction_kind("touch\x1b[31m the\x07 red\x08 cube\r"),
       needle=r"it contains control characters"),
+    K("instruction: a newline inside (valid)", "raw", "valid", instruction_kind("touch the\nred cube")),
+    K("instruction: zero-width and right-to-left marks (valid)", "raw", "valid",
+      instruction_kind("touch\u200b the \u202ered\u202c cube")),
     # ExecuteInstruction goals
     K("goal: empty instruction (rejected)", "raw", "valid", goal_kind(instruction=""),
       needle=r"goal rejected: the instruction"),
@@ -633,15 +822,26 @@ KINDS = [
       needle=r"goal rejected: timeout"),
     K("goal: max_steps 1 (valid)", "raw", "any", goal_kind(max_steps=1, expect_accept=True)),
     K("goal: cancel immediately", "raw", "any", goal_kind(expect_accept=True, cancel=True)),
+    K("goal: 100000-character instruction (rejected)", "raw", "valid", goal_kind(instruction=LONG),
+      needle=r"goal rejected: the instruction has 100000 characters"),
+    K("goal: timeout 0.3 s (times out)", "raw", "any",
+      goal_kind(timeout=0.3, expect_accept=True, expect_outcome=ExecuteInstruction.Result.OUTCOME_TIMEOUT)),
+    K("goal: max_steps 2147483647, canceled", "raw", "any",
+      goal_kind(max_steps=2**31 - 1, expect_accept=True, cancel=True)),
+    K("goal: a second goal preempts the first", "raw", "any", kind_goal_preempted),
     # faults
     K("fault: camera stops", "raw", "hold", kind_camera_stops, quick=True, needle=r"stale input \(camera"),
     K("fault: joint states stop", "raw", "hold", kind_joint_states_stop, needle=r"stale input \(joint_states"),
     K("fault: e-stop during motion, reset", "raw", "hold", kind_estop, quick=True, needle=r"E-STOP latched"),
-    K("fault: 5 deactivate/activate cycles", "raw", "any", kind_lifecycle_cycles, max_lines=60),
+    K("fault: 20 deactivate/activate cycles", "raw", "any", kind_lifecycle_cycles(20), max_lines=240),
     K("fault: second deactivate (refused)", "raw", "hold", kind_second_deactivate,
       needle=r"refused in state 'inactive'"),
     K("fault: SIGKILL of the policy server", "raw", "hold", kind_kill_policy_server, quick=True,
       needle=r"exited with code -9"),
+    K("fault: SIGINT mid-goal", "raw", "hold", kind_signal_mid_goal(signal.SIGINT), quick=True,
+      needle=r"shutting down: holding the arm"),
+    K("fault: SIGTERM mid-goal", "raw", "hold", kind_signal_mid_goal(signal.SIGTERM),
+      needle=r"shutting down: holding the arm"),
     # compressed frames
     K("compressed: truncated JPEG", "compressed", "hold",
       image_kind(compressed("jpeg", lambda: GOOD_JPEG[: len(GOOD_JPEG) // 2]), "compressed"), needle=r"truncated JPEG"),
@@ -656,9 +856,28 @@ KINDS = [
       image_kind(compressed("jpeg", lambda: GOOD_PNG), "compressed")),
     K("compressed: 6000x6000 JPEG", "compressed", "hold", image_kind(compressed("jpeg", big_jpeg), "compressed"),
       needle=r"6000x6000 image exceeds the limit"),
+    K("compressed: damaged JPEG (libjpeg 'Corrupt JPEG data')", "compressed", "hold",
+      image_kind(compressed("jpeg", lambda: DAMAGED_JPEG), "compressed"), quick=True,
+      needle=r"Corrupt JPEG data: premature end of data segment"),
+    K("compressed: JPEG with format '' (valid)", "compressed", "valid",
+      image_kind(compressed("", lambda: GOOD_JPEG), "compressed")),
+    K("compressed: compressedDepth PNG", "compressed", "hold",
+      image_kind(compressed("16UC1; compressedDepth png", lambda: GOOD_PNG), "compressed"),
+      needle=r"compressedDepth images are not supported"),
+    K("compressed: 16-bit PNG", "compressed", "any", image_kind(compressed("png", lambda: PNG16), "compressed")),
+    K("compressed: greyscale JPEG (valid)", "compressed", "valid",
+      image_kind(compressed("jpeg", lambda: GREY_JPEG), "compressed")),
+    K("compressed: PNG with alpha (valid)", "compressed", "valid",
+      image_kind(compressed("png", lambda: ALPHA_PNG), "compressed")),
+    K("compressed: GIF", "compressed", "hold", image_kind(compressed("gif", lambda: GIF), "compressed"),
+      needle=r"neither JPEG nor PNG"),
+    K("compressed: JPEG start marker only", "compressed", "hold",
+      image_kind(compressed("jpeg", lambda: b"\xff\xd8\xff"), "compressed"), needle=r"truncated or unreadable JPEG header"),
     # follow_joint_trajectory output
     K("fjt: server missing", "fjt", "any", kind_fjt_missing, needle=r"not available"),
     K("fjt: goals rejected", "fjt", "any", kind_fjt_rejected, needle=r"goal rejected by the controller"),
+    K("fjt: a second server under the same name", "fjt", "hold", kind_twin_fjt_server,
+      needle=r"2 FollowJointTrajectory servers answer"),
 ]
 
 
@@ -740,9 +959,13 @@ class Campaign:
         except Exception as exc:  # a failure of this script, not of the node
             extra = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         r.good()
-        alive_after_window = node.alive()
-        recovered = alive_after_window and commands_flow(r, node, 5, 30.0)
-        alive = node.alive()
+        ends = bool(extra.pop("ends_node", False))  # a signal kind: the node is meant to exit (cleanly)
+        if ends:
+            code = node.proc.proc.returncode
+            alive, alive_ok, recovered = (f"exited {code}" if code is not None else "NOT EXITED"), code == 0, "n/a"
+        else:
+            recovered = node.alive() and commands_flow(r, node, 5, 30.0)
+            alive = alive_ok = node.alive()
         with r.lock:
             from_bad = sorted(set(r.chunk_stamps) & r.bad_stamps)
             cmds = list(r.commands[n_cmd:])
@@ -782,11 +1005,183 @@ class Campaign:
                    control_chars_in_log=control,
                    log_lines=len(log.splitlines()), traceback="Traceback" in log, seconds=time.monotonic() - t_start,
                    **{k: v for k, v in extra.items()})
-        if not alive:
+        if not alive_ok:
             row["node_log_tail"] = node.output()[-3000:]
-        row["pass"] = bool(alive and clear and recovered and ok and held in ("yes", "kept", "n/a")
+        row["pass"] = bool(alive_ok and clear and recovered and ok and held in ("yes", "kept", "n/a")
                            and extra.get("ok", True) is not False)
+        if ends:
+            node.stop()
+            self.node = None
         return row
+
+
+# ------------------------------------------------------------------------------ the soak with a wild policy
+WILD_INSTRUCTIONS = ["touch the red cube", "push the blue cube to the left", "lift the green cube"]
+
+
+def make_wild_checkpoint(path: Path) -> Path:
+    """A real checkpoint (safetensors + JSON) of the tiny architecture, made deliberately wild: its
+    action head's weights are scaled 10x and its action statistics are 3 rad wide around the middle
+    of the joint ranges, so it asks for targets up to ~10 rad outside the limits and for jumps of
+    metres per tick that change with every camera frame. Seeded: the same weights every run."""
+    import torch
+
+    from vla_ros.model.config import load_preset
+    from vla_ros.model.normalization import FeatureStats
+    from vla_ros.model.policy import build_policy
+
+    torch.manual_seed(0)
+    cfg = load_preset("tiny", camera_names=["front"], state_names=JOINTS, action_names=JOINTS, action_dim=0,
+                      state_dim=0, normalization_mode="mean_std")
+    policy = build_policy(cfg)
+
+    def stats(mean, std):
+        lo, hi = (np.array(mean) - 3 * np.array(std)).tolist(), (np.array(mean) + 3 * np.array(std)).tolist()
+        return FeatureStats(mean=list(mean), std=list(std), min=lo, max=hi, q01=lo, q99=hi, count=1)
+    policy.set_normalization_stats({"action": stats(((LOWER + UPPER) / 2).tolist(), [3.0] * 7),
+                                    "state": stats(HOME, [1.0] * 7)})
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if name.startswith("head.") and name.endswith(".weight") and ".ln." not in name:
+                param.mul_(10.0)
+    policy.save(path)
+    return path
+
+
+def proc_sample(pid):
+    """(RSS kB, threads, open fds) of a process, or None when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+    threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))
+    return rss, threads, fds
+
+
+def strict_limits(positions: np.ndarray, rate: float) -> dict:
+    """Position, velocity and acceleration limits of a command sequence, tick by tick.
+
+    Commands are checked in the order they were sent, as consecutive control ticks: the node's
+    safety filter works per tick (a late wake-up skips ticks, it does not stretch one), a hold
+    brakes tick by tick to a repeated command, and a resume from rest starts from that command.
+    velocity: |q[k] - q[k-1]| <= min(max_velocity / rate, joints.max_step);
+    acceleration: |(q[k] - q[k-1]) - (q[k-1] - q[k-2])| <= max_acceleration / rate^2."""
+    dt = 1.0 / rate
+    q = np.asarray(positions, dtype=float)
+    out = {"commands": int(len(q))}
+    if len(q) == 0:
+        return {**out, "violations": 0}
+    finite = np.all(np.isfinite(q), axis=1)
+    pos = ~finite | np.any(q < LOWER - 1e-9, axis=1) | np.any(q > UPPER + 1e-9, axis=1)
+    dq = np.diff(q, axis=0)
+    vel = np.any(np.abs(dq) > np.minimum(MAX_STEP, MAX_VEL * dt) + 1e-9, axis=1)
+    acc_excess = np.abs(np.diff(dq, axis=0)) - MAX_ACC * dt * dt
+    acc = np.any(acc_excess > 1e-9, axis=1)
+    out.update(position_violations=int(pos.sum()), velocity_violations=int(vel.sum()),
+               acceleration_violations=int(acc.sum()),
+               max_velocity_used=float(np.max(np.abs(dq) / np.minimum(MAX_STEP, MAX_VEL * dt))) if len(dq) else 0.0,
+               max_acceleration_used=float(np.max(np.abs(np.diff(dq, axis=0)) / (MAX_ACC * dt * dt)))
+               if len(dq) > 1 else 0.0)
+    out["violations"] = out["position_violations"] + out["velocity_violations"] + out["acceleration_violations"]
+    if acc.any():
+        k = int(np.flatnonzero(acc)[0])
+        out["first_acceleration_violation"] = {"index": k + 2, "excess_rad": float(acc_excess[k].max())}
+    return out
+
+
+def soak(robot, seconds: float, index: int, sample_every: float = 5.0) -> dict:
+    """The node drives the robot stand-in with the wild policy for `seconds`: a new random camera frame
+    every 50 ms, the instruction changed every 30 s, a 5 s ExecuteInstruction goal every 60 s. RSS,
+    threads and open files of the node and its policy server are sampled every `sample_every` s."""
+    import shutil
+    import tempfile
+
+    ckpt = Path(tempfile.mkdtemp(prefix="vla_ros_wild_")) / "wild"
+    make_wild_checkpoint(ckpt)
+    r = robot
+    r.good()
+    r.transport, r.output, r.camera = "raw", "fwd", "noise"
+    node = PolicyNode("wild", index, extra=[f"model.checkpoint:={ckpt}"])
+    out = {"seconds": seconds}
+    try:
+        r.instruct(WILD_INSTRUCTIONS[0])
+        if not commands_flow(r, node, 5, 90.0):
+            return {**out, "error": "the node with the wild checkpoint never commanded",
+                    "node_log_tail": node.output()[-3000:], "pass": False}
+        n0 = r.count()
+        start = time.monotonic()
+        samples, goals = [], []
+        goal, k = None, 0
+        next_sample, next_instruction, next_goal = start, start + 30.0, start + 45.0
+        while (now := time.monotonic()) < start + seconds and node.alive():
+            if now >= next_sample:
+                samples.append({"t": round(now - start, 1), "node": proc_sample(node.proc.proc.pid),
+                                "server": proc_sample(node.server_pid()) if node.server_pid() else None,
+                                "commands": r.count() - n0})
+                next_sample += sample_every
+            if now >= next_instruction:
+                k += 1
+                r.instruct(WILD_INSTRUCTIONS[k % len(WILD_INSTRUCTIONS)])
+                next_instruction += 30.0
+            if now >= next_goal and goal is None:
+                goal = {"sent": now - start, "future": r.execute.send_goal_async(
+                    ExecuteInstruction.Goal(instruction=WILD_INSTRUCTIONS[(k + 1) % 3], timeout=5.0))}
+                next_goal += 60.0
+            if goal is not None and goal["future"].done():
+                handle = goal["future"].result()
+                if "result" not in goal:
+                    goal["accepted"] = bool(handle.accepted)
+                    goal["result"] = handle.get_result_async() if handle.accepted else None
+                if goal["result"] is None or goal["result"].done():
+                    res = goal["result"].result() if goal["result"] is not None else None
+                    goals.append({"sent_s": round(goal["sent"], 1), "accepted": goal["accepted"],
+                                  "outcome": None if res is None else int(res.result.outcome)})
+                    goal = None
+                    r.instruct(WILD_INSTRUCTIONS[k % len(WILD_INSTRUCTIONS)])  # a finished goal holds until then
+            time.sleep(0.05)
+        alive = node.alive()
+        with r.lock:
+            cmds = [c for _, c in r.commands[n0:]]
+        elapsed = time.monotonic() - start
+        out.update(alive=alive, elapsed=round(elapsed, 1), samples=samples, goals=goals)
+        out["limits"] = strict_limits(np.array(cmds), RATE)
+        log = node.output()
+        out["traceback"] = "Traceback" in log
+        out["log_lines"] = len(log.splitlines())
+        out.update(growth(samples, warmup=min(60.0, seconds / 5)))
+        code = node.stop()
+        out["exit_code"] = code
+        judged_growth = seconds >= 300
+        out["pass"] = bool(alive and code == 0 and not out["traceback"] and out["limits"]["violations"] == 0
+                           and (not judged_growth or (out.get("node_rss_growth_pct", 100) < 5
+                                                      and out.get("server_rss_growth_pct", 100) < 5)))
+        return out
+    finally:
+        if node.alive():
+            node.stop()
+        r.good()
+        shutil.rmtree(ckpt.parent, ignore_errors=True)
+
+
+def growth(samples, warmup: float) -> dict:
+    """RSS growth after warm-up: the mean of the last fifth of the samples over the mean of the first
+    fifth after `warmup` seconds, in percent; threads and open files as min..max."""
+    out = {}
+    for who in ("node", "server"):
+        rows = [(s["t"], *s[who]) for s in samples if s[who] is not None]
+        after = [row for row in rows if row[0] >= warmup]
+        if len(after) < 5:
+            continue
+        n = max(1, len(after) // 5)
+        first = np.mean([row[1] for row in after[:n]])
+        last = np.mean([row[1] for row in after[-n:]])
+        out[f"{who}_rss_mb"] = [round(float(first) / 1024, 1), round(float(last) / 1024, 1)]
+        out[f"{who}_rss_growth_pct"] = round(float(100.0 * (last - first) / first), 2)
+        out[f"{who}_threads"] = [min(row[2] for row in rows), max(row[2] for row in rows)]
+        out[f"{who}_fds"] = [min(row[3] for row in rows), max(row[3] for row in rows)]
+    return out
 
 
 def mark(v):
@@ -797,8 +1192,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a subset of about 12 kinds (under 2 minutes)")
     p.add_argument("--kinds", nargs="+", help="only kinds whose name contains one of these strings")
+    p.add_argument("--soak", type=float, default=None,
+                   help="seconds of the soak with the wild policy (default 600; 20 with --quick; 0: none)")
     p.add_argument("--out", default=str(RESULTS / "robustness.json"))
     args = p.parse_args()
+    soak_s = args.soak if args.soak is not None else (20.0 if args.quick else 600.0)
     kinds = [k for k in KINDS if not args.quick or k["quick"]]
     if args.kinds:
         kinds = [k for k in kinds if any(s in k["name"] for s in args.kinds)]
@@ -806,6 +1204,7 @@ def main():
     kinds.sort(key=lambda k: order.index(k["group"]))  # stable: one node per group
     RESULTS.mkdir(parents=True, exist_ok=True)
     shm_before = shm_files()
+    soaked = None
     t0 = time.monotonic()
     robot = Robot()
     campaign = Campaign(robot)
@@ -815,6 +1214,12 @@ def main():
             row = campaign.run(k)
             rows.append(row)
             print(f"  {row['kind']}: {'pass' if row['pass'] else 'FAIL'} ({row['seconds']:.1f} s)", flush=True)
+        if campaign.node is not None:
+            campaign.node.stop()
+            campaign.node = None
+        if soak_s > 0:
+            campaign.starts += 1
+            soaked = soak(robot, soak_s, campaign.starts)
     finally:
         if campaign.node is not None:
             campaign.node.stop()
@@ -832,6 +1237,8 @@ def main():
               f"| {mark(r['limits'])} |")
     passed = sum(r["pass"] for r in rows)
     print(f"\n{len(rows)} kinds, {passed} all-pass, {campaign.starts} node start(s), {elapsed:.0f} s")
+    if soaked is not None:
+        print_soak(soaked)
     for r in rows:
         if not r["pass"]:
             keys = ("held", "marks", "chunks_from_bad_frames", "warn_lines", "log_lines", "problem_named",
@@ -840,8 +1247,26 @@ def main():
             print(f"- {r['kind']}: " + json.dumps({k: r[k] for k in keys if k in r}, default=str))
     with open(args.out, "w") as f:
         json.dump({"kinds": rows, "seconds": elapsed, "node_starts": campaign.starts, "quick": args.quick,
-                   "passed": passed, "load_average": load}, f, indent=1, default=str)
+                   "passed": passed, "load_average": load, "soak": soaked}, f, indent=1, default=str)
     return 0
+
+
+def print_soak(s: dict) -> None:
+    lim = s.get("limits", {})
+    print(f"\nsoak with the wild policy: {s.get('elapsed', 0):.0f} s, {lim.get('commands', 0)} commands, "
+          f"{'pass' if s.get('pass') else 'FAIL'}")
+    if "error" in s:
+        print(f"  error: {s['error']}")
+        return
+    print("| commands | position / velocity / acceleration violations | most of a limit used (vel, acc) "
+          "| node RSS MB (growth) | server RSS MB (growth) | node threads | server threads | node fds | exit |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {lim['commands']} | {lim.get('position_violations')} / {lim.get('velocity_violations')} / "
+          f"{lim.get('acceleration_violations')} | {lim.get('max_velocity_used', 0):.3f}, "
+          f"{lim.get('max_acceleration_used', 0):.3f} | {s.get('node_rss_mb')} ({s.get('node_rss_growth_pct')} %) "
+          f"| {s.get('server_rss_mb')} ({s.get('server_rss_growth_pct')} %) | {s.get('node_threads')} "
+          f"| {s.get('server_threads')} | {s.get('node_fds')} | {s.get('exit_code')} |")
+    print(f"goals: {s.get('goals')}")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,13 @@ class SpinningNode:
 
     def close(self):
         self.executor.shutdown(timeout_sec=2.0)
+        # Action servers and clients first: Node.destroy_node() leaves them (they hold the node's
+        # handle), so their participant and goal services would outlive the test, and a later node
+        # would count a second FollowJointTrajectory server.
+        for waitable in list(self.node.waitables):
+            destroy = getattr(waitable, "destroy", None)
+            if destroy is not None:
+                destroy()
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
         self._thread.join(timeout=5.0)

@@ -146,26 +146,31 @@ def test_joint_states_with_mismatched_lengths_are_named_plainly(robot, tmp_path)
         assert len(PANDA_JOINTS) == 7 and np.isfinite(robot.position).all()
 
 
-def test_a_second_trajectory_server_under_the_same_name_does_not_crash_the_node(robot, tmp_path):
-    """Two FollowJointTrajectory servers answer every goal twice. rclpy's ActionClient then either
-    warns ("Ignoring unexpected goal response ... more than one action server") or raises
-    "Two goals were accepted with the same ID" out of the executor, which used to end the node."""
+def test_a_second_trajectory_server_under_the_same_name_gets_no_goal_until_it_is_gone(robot, tmp_path):
+    """Two FollowJointTrajectory servers would both run every goal (and rclpy's ActionClient raises "Two
+    goals were accepted with the same ID" out of the executor, which used to end the node): the node
+    says so in one line and sends nothing until only one server remains, then commands again."""
     from control_msgs.action import FollowJointTrajectory
     from rclpy.action import ActionServer
 
+    twin_goals = []
+
     def accept(handle):
+        twin_goals.append(handle.request)
         handle.succeed()
         return FollowJointTrajectory.Result(error_code=0)
     twin = ActionServer(robot.node, FollowJointTrajectory, "follow_joint_trajectory", accept)
     with start_node(tmp_path) as proc:
         wait_active(proc)
         instruct(robot, proc, "touch the red cube")
-        wait_for(lambda: any(t in proc.output() for t in ("more than one action server", "Two goals were accepted")),
-                 what="the clash reported", process=proc)
-        n = robot.counts()["fjt"]
-        wait_for(lambda: robot.counts()["fjt"] > n + 5, what="goals keep going out", process=proc)
-        assert proc.alive() and proc.output().count("Two goals were accepted") <= 1
-    twin.destroy()
+        wait_for(lambda: "2 FollowJointTrajectory servers answer '/follow_joint_trajectory'" in proc.output(),
+                 what="the second server reported", process=proc)
+        assert robot.counts()["fjt"] == 0 and not twin_goals  # nothing went out to either
+        twin.destroy()
+        wait_for(lambda: robot.counts()["fjt"] > 5, what="goals go out once one server remains", process=proc)
+        out = proc.output()
+        assert proc.alive() and "Two goals were accepted" not in out and out.count("FollowJointTrajectory servers") == 1
+        assert not twin_goals
 
 
 def test_cleanup_and_configure_again_leaves_one_working_node(robot, tmp_path):
@@ -195,3 +200,23 @@ def test_cleanup_and_configure_again_leaves_one_working_node(robot, tmp_path):
         servers = [int(x.split(")")[0]) for x in out.split("policy server pid ")[1:]]
         assert len(servers) == 2 and all(not os.path.exists(f"/proc/{pid}") for pid in servers)
         assert robot.node.count_publishers("forward_position") == 0  # cleanup removed the command publisher
+
+
+@pytest.mark.parametrize("bad, line", [
+    (lambda m: setattr(m, "position", [1e9] + list(m.position)[1:]) or m,
+     "joint_states puts {'panda_joint1': 1000000000.0} further than joint_states.limit_margin (0.2)"),
+    (lambda m: setattr(m, "name", list(m.name) + ["panda_joint1"]) or setattr(m, "position", list(m.position) + [2.5])
+     or m, "joint_states names ['panda_joint1'] more than once"),
+], ids=["position_1e9", "joint_named_twice"])
+def test_joint_states_no_arm_can_be_in_are_refused_with_one_line_until_good_again(robot, tmp_path, bad, line):
+    """A finite but impossible position (wrong names, units, calibration) or a joint named twice: the
+    node never commands from it, says so once, and commands again once joint states are sane."""
+    robot.joint_state_override = bad
+    with start_node(tmp_path, "output.mode:=forward_position") as proc:
+        wait_active(proc)
+        instruct(robot, proc, "touch the red cube")
+        wait_for(lambda: line in proc.output(), what="the refusal", process=proc)
+        wait_for(lambda: "none yet from joint_states" in proc.output(), what="the hold", process=proc)
+        assert robot.counts()["fwd"] == 0 and proc.output().count(line) == 1
+        robot.joint_state_override = None
+        wait_for(lambda: robot.counts()["fwd"] >= 5, what="commands with sane joint states", process=proc)

@@ -137,6 +137,38 @@ def test_compressed_jpeg_round_trip_close():
     assert abs(int(out[:, :, 2].mean()) - 200) < 3
 
 
+def _damaged_jpeg() -> bytes:
+    """A JPEG with 100 bytes cut from its entropy-coded data: libjpeg still decodes it (grey blocks)
+    but warns "Corrupt JPEG data: premature end of data segment"."""
+    import cv2
+
+    smooth = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8), (9, 9), 3)
+    data = bytearray(encode_compressed(smooth, "jpeg"))
+    del data[len(data) // 2: len(data) // 2 + 100]
+    return bytes(data)
+
+
+def test_damaged_jpeg_is_refused_with_libjpeg_reason_and_nothing_on_stderr(capfd):
+    with pytest.raises(ImageDecodeError, match=r"Corrupt JPEG data: premature end of data segment .*frame skipped"):
+        decode_compressed("jpeg", _damaged_jpeg())
+    out, err = capfd.readouterr()
+    assert "Corrupt JPEG" not in err and "Corrupt JPEG" not in out
+
+
+def test_codec_message_capture_passes_other_stderr_output_through(capfd):
+    import os
+
+    from vla_ros.runtime.images import _codec_messages
+
+    with _codec_messages() as lines:
+        os.write(2, b"Corrupt JPEG data: 3 extraneous bytes before marker 0xd9\n")
+        os.write(2, b"[WARN] another thread's log line\n")
+    assert lines == ["Corrupt JPEG data: 3 extraneous bytes before marker 0xd9"]
+    assert capfd.readouterr().err == "[WARN] another thread's log line\n"
+    os.write(2, b"after\n")  # fd 2 is restored
+    assert capfd.readouterr().err == "after\n"
+
+
 def test_compressed_errors():
     jpeg = encode_compressed(RGB, "jpeg")
     png = encode_compressed(RGB, "png")

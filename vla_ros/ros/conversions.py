@@ -52,13 +52,23 @@ class JointStateMatcher:
     def __init__(self, joint_names):
         self.joint_names = list(joint_names)
         self._warned_unknown: set[str] = set()
+        self.duplicates: list[str] = []
 
     def match(self, msg) -> tuple[np.ndarray | None, list[str], list[str]]:
-        """Return (positions in configured order or None, missing names, newly seen unknown names)."""
+        """Return (positions in configured order or None, missing names, newly seen unknown names).
+
+        None without missing names: the lengths differ or a configured joint is named twice
+        (`duplicates` says which)."""
         index = {name: i for i, name in enumerate(msg.name)}
         missing = [n for n in self.joint_names if n not in index]
-        unknown = [n for n in msg.name if n not in self.joint_names and n not in self._warned_unknown]
-        self._warned_unknown.update(unknown)
-        if missing or len(msg.position) != len(msg.name):
+        known = set(self.joint_names)
+        unknown = [n for n in msg.name if n not in known and n not in self._warned_unknown]
+        if len(self._warned_unknown) < 10000:  # names seen are remembered to log them once, not without bound
+            self._warned_unknown.update(unknown)
+        self.duplicates = []
+        if len(index) != len(msg.name):
+            seen = set()
+            self.duplicates = sorted({n for n in msg.name if n in known and (n in seen or seen.add(n))})
+        if missing or len(msg.position) != len(msg.name) or self.duplicates:
             return None, missing, unknown
         return np.array([msg.position[index[n]] for n in self.joint_names], dtype=np.float64), [], unknown

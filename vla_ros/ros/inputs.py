@@ -47,7 +47,10 @@ class Inputs:
         self.on_frame = on_frame
         self.cams = list(p["cameras.names"])
         self.matcher = JointStateMatcher(list(p["joints.names"]))
-        self.joint_dict = {}   # every joint name ever seen -> latest position (fingers may come separately)
+        self.lower, self.upper = np.asarray(p["joints.lower"], float), np.asarray(p["joints.upper"], float)
+        self.joint_dict = {}   # joint name -> latest position, for the arm joints and the model's state
+        self.wanted = set(p["joints.names"]) | set(self.state_names)
+        self._image_problem: set[str] = set()  # cameras whose last frame was refused
         self.limits = ImageLimits(max_width=p["cameras.max_width"], max_height=p["cameras.max_height"],
                                   min_side=p["cameras.min_side"])
         n, subs = node, []
@@ -83,7 +86,11 @@ class Inputs:
         except ImageDecodeError as exc:
             # Keyed by the start of the message: its end may vary per frame (first bytes, sizes).
             self.node.log_once(f"image:{cam}:{str(exc)[:40]}", f"camera '{cam}': dropped a malformed image: {exc}")
+            self._image_problem.add(cam)
             return
+        if cam in self._image_problem:  # good again: the next problem is logged again
+            self._image_problem.discard(cam)
+            self.node.clear_once(f"image:{cam}:")
         stamp, now = msg.header.stamp, self._now()
         t = stamp.sec + stamp.nanosec * 1e-9
         if t == 0.0 or abs(now - t) > self.p["cameras.max_stamp_offset"]:
@@ -116,14 +123,21 @@ class Inputs:
         log_once = self.node.log_once
         pos, missing, unknown = self.matcher.match(msg)
         if unknown:
-            log_once(f"unknown_joints:{unknown}", f"joint_states has joints not in joints.names, ignored: {unknown}",
-                     "info")
-        for name, v in zip(msg.name, msg.position):
-            self.joint_dict[name] = float(v)
+            shown = unknown if len(unknown) <= 10 else unknown[:10] + [f"... {len(unknown)} in all"]
+            log_once(f"unknown_joints:{unknown[:10]}", f"joint_states has joints not in joints.names, ignored: "
+                                                       f"{shown}", "info")
+        wanted = self.wanted
+        for name, v in zip(msg.name, msg.position):  # (the fingers may come in messages of their own)
+            if name in wanted:
+                self.joint_dict[name] = float(v)
         if pos is None:
             if missing:
                 log_once(f"missing_joints:{missing}", f"joint_states lacks configured joints {missing}; "
                                                       "the arm holds until they arrive")
+            elif self.matcher.duplicates:
+                log_once(f"duplicate_joints:{self.matcher.duplicates}",
+                         f"joint_states names {self.matcher.duplicates} more than once; ignored (the arm holds "
+                         "until a message names each joint once)")
             else:
                 log_once("joint_lengths", f"joint_states has {len(msg.name)} names but {len(msg.position)} "
                                           "positions; ignored")
@@ -131,6 +145,15 @@ class Inputs:
         if not np.all(np.isfinite(pos)):
             log_once("nan_joints", f"joint_states has non-finite positions {pos.tolist()}; holding")
             return
+        margin = self.p["joint_states.limit_margin"]
+        outside = (pos < self.lower - margin) | (pos > self.upper + margin)
+        if np.any(outside):
+            bad = {self.matcher.joint_names[i]: round(float(pos[i]), 4) for i in np.flatnonzero(outside)}
+            log_once("joints_outside", f"joint_states puts {bad} further than joint_states.limit_margin "
+                                       f"({margin:g}) outside joints.lower/upper; ignored, the arm holds (wrong "
+                                       "joint names, units or calibration?)")
+            return
+        self.node.clear_once("joints_outside")
         self.node.clear_once("nan_joints")
         state = None
         if self.state_names:

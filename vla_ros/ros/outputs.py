@@ -173,6 +173,10 @@ class FollowJointTrajectoryOutput(JointOutput):
         self.client = ActionClient(node, FollowJointTrajectory, "follow_joint_trajectory",
                                    callback_group=callback_group)
         self.outbox = Outbox(node, self._send_now, callback_group)
+        # The action's goal service as remapped (e.g. follow_joint_trajectory:=/arm_controller/...), to
+        # count its servers: count_services does not apply remapping itself.
+        self.action_name = node.resolve_topic_name("follow_joint_trajectory")
+        self.send_goal_service = self.action_name + "/_action/send_goal"
         self.entities += [self.outbox.destroy, self.client.destroy]
         self.goal = None
         self.sent_chunk = -1
@@ -218,6 +222,16 @@ class FollowJointTrajectoryOutput(JointOutput):
                                          "is the joint_trajectory_controller running and the name remapped?", "error")
             return
         self.node.clear_once("fjt_missing")
+        servers = self.node.count_services(self.send_goal_service)  # ~15 us: a graph cache lookup
+        if servers > 1:
+            # Every server would accept the goal and run it (rclpy's client then raises "Two goals were
+            # accepted with the same ID"): two controllers, or a stale simulator, moving on our command.
+            error = (f"{servers} FollowJointTrajectory servers answer '{self.action_name}' (two controllers, or a "
+                     "stale simulator?); no goal is sent, so the arm stops, until only one remains")
+            self.node.report_error(error)
+            self.log_once("fjt_twins", error, "error")
+            return
+        self.node.clear_once("fjt_twins")
         future = self.client.send_goal_async(FollowJointTrajectory.Goal(trajectory=trajectory))
         future.add_done_callback(self._on_response)
 

@@ -72,6 +72,10 @@ SPEC: dict[str, tuple[Parameter.Type, Any, str, dict]] = {
                                  "checks the stamp's age, not the arrival.", {"range": (0.001, 3600.0)}),
     "joint_states.timeout": (Parameter.Type.DOUBLE, 0.5,
                              "Seconds without /joint_states after which the arm holds.", {"range": (0.01, 60.0)}),
+    "joint_states.limit_margin": (Parameter.Type.DOUBLE, 0.2,
+                                  "Joint states further than this (rad or m) outside joints.lower/upper are "
+                                  "refused as wrong (names, units, calibration); the arm holds.",
+                                  {"range": (0.0, 100.0)}),
     "instruction.max_length": (Parameter.Type.INTEGER, 512,
                                "Longest accepted instruction in characters; longer ones are rejected.",
                                {"range": (1, 100000)}),

@@ -17,6 +17,9 @@ reorder or conversion and always return a new contiguous array.
 from __future__ import annotations
 
 import io
+import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2  # opencv-python-headless: JPEG/PNG codecs and grey conversion
@@ -79,8 +82,12 @@ def compressed_size(data) -> tuple[int, int]:
     except Image.DecompressionBombError as exc:  # Pillow's own guard, far above any camera limit
         raise ImageDecodeError(f"compressed image exceeds the limit: {exc}") from None
     except UnidentifiedImageError:  # (its message names a Python object: not for a log line)
+        head = buf[:8].tobytes()
+        kind = "JPEG" if head.startswith(_JPEG_MAGIC) else "PNG" if head.startswith(_PNG_MAGIC[:4]) else None
+        if kind:
+            raise ImageDecodeError(f"truncated or unreadable {kind} header ({buf.size} bytes)") from None
         raise ImageDecodeError(f"compressed image is neither JPEG nor PNG (first bytes "
-                               f"{buf[:4].tobytes().hex()})") from None
+                               f"{head[:4].hex()})") from None
     except (OSError, ValueError) as exc:
         raise ImageDecodeError(f"unreadable compressed image header ({type(exc).__name__})") from None
 
@@ -262,15 +269,66 @@ def decode_compressed(format: str, data) -> np.ndarray:  # noqa: A002 - ROS fiel
         raise ImageDecodeError(
             f"compressed image is neither JPEG nor PNG (format {fmt!r}, first bytes {head[:4].hex()})"
         )
-    if hasattr(cv2, "IMREAD_COLOR_RGB"):  # OpenCV >= 4.11 decodes straight to RGB
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB)
-    else:  # pragma: no cover - older OpenCV
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-        if img is not None:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    with _codec_messages() as messages:
+        if hasattr(cv2, "IMREAD_COLOR_RGB"):  # OpenCV >= 4.11 decodes straight to RGB
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB)
+        else:  # pragma: no cover - older OpenCV
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+            if img is not None:
+                img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if img is None:
         raise ImageDecodeError(f"corrupt or truncated {kind} ({buf.size} bytes, format {fmt!r})")
+    corrupt = [m for m in messages if m.startswith(("Corrupt JPEG data", "Premature end of JPEG file"))]
+    if corrupt:
+        # libjpeg decoded it anyway, with grey or smeared blocks where the data was damaged:
+        # not an observation to act on.
+        raise ImageDecodeError(f"{corrupt[0].rstrip('.')} ({buf.size} bytes, format {fmt!r}); frame skipped")
     return img
+
+
+_CAPTURE_LOCK = threading.Lock()
+_CODEC_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file", "libpng warning")
+
+
+@contextmanager
+def _codec_messages():
+    """Collect what the codecs print to file descriptor 2 while decoding, as a list of lines.
+
+    OpenCV installs libjpeg's default message handler, which prints warnings such as
+    "Corrupt JPEG data: premature end of data segment" straight to stderr, on every frame, and
+    OpenCV has no API to intercept or silence them (Pillow silences them and cannot report them
+    either). So for the duration of the call fd 2 points at an anonymous in-memory file (never a
+    pipe: a writer can never block on it), and afterwards anything that is not a codec warning (a
+    log line another thread wrote meanwhile) is written back to the real stderr. About 20 us.
+    """
+    lines: list[str] = []
+    with _CAPTURE_LOCK:
+        try:
+            sink = os.memfd_create("vla_ros_codec_messages", os.MFD_CLOEXEC)
+        except (AttributeError, OSError):  # pragma: no cover - not Linux: leave stderr alone
+            yield lines
+            return
+        saved = os.dup(2)
+        try:
+            os.dup2(sink, 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+            size = os.fstat(sink).st_size
+            if size:
+                text = os.pread(sink, min(size, 1 << 20), 0).decode("utf-8", "replace")
+                other = []
+                for line in text.splitlines(keepends=True):
+                    if line.startswith(_CODEC_WARNINGS):
+                        lines.append(line.strip())
+                    else:
+                        other.append(line)
+                if other:
+                    os.write(2, "".join(other).encode())
+        finally:
+            os.close(saved)
+            os.close(sink)
 
 
 def encode_compressed(rgb: np.ndarray, format: str = "jpeg", quality: int = 90) -> bytes:  # noqa: A002
