@@ -65,7 +65,9 @@ class PlayerNode(Node):
         self.rate = self.get_parameter("rate").value
         self.loop = self.get_parameter("loop").value
         self.min_subs = self.get_parameter("wait_for_subscribers").value
-        self.reader = BagReader(path)
+        self.reader = BagReader(path, log_warnings=False)
+        for warning in self.reader.warnings:
+            self.get_logger().warning(warning)
         wanted = string_array(self, "topics")
         unknown = [t for t in wanted if t not in self.reader.topics]
         if unknown:

@@ -113,7 +113,7 @@ class RecorderNode(Node):
 
     def _check_hash(self, topic, msgtype, infos):
         hashes = {str(i.topic_type_hash) for i in infos if str(i.topic_type_hash).startswith("RIHS01_")}
-        ours = self.bag._connections[topic].digest
+        ours = self.bag.type_hash(topic)
         if hashes and ours not in hashes:
             self.get_logger().warning(f"{topic}: publisher's type hash {sorted(hashes)} differs from the installed "
                                       f"{msgtype} definition ({ours}); the bag records the installed one")
