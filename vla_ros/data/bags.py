@@ -321,6 +321,27 @@ def _qos_differs(a: Sequence[Qos], b: Sequence[Qos]) -> bool:
     return set(a) != set(b)
 
 
+def _mcap_type_hashes(storage) -> dict[int, str]:
+    """channel id -> `topic_type_hash` from an MCAP reader's channel metadata (rosbags reads only
+    the QoS from it). The metadata is a map of uint32-length-prefixed key and value strings."""
+    out = {}
+    for cid, channel in getattr(storage, "channels", {}).items():
+        data, pos = bytes(channel.metadata), 0
+        try:
+            while pos < len(data):
+                n = int.from_bytes(data[pos:pos + 4], "little")
+                key = data[pos + 4:pos + 4 + n].decode()
+                pos += 4 + n
+                n = int.from_bytes(data[pos:pos + 4], "little")
+                value = data[pos + 4:pos + 4 + n].decode()
+                pos += 4 + n
+                if key == "topic_type_hash":
+                    out[cid] = value
+        except (UnicodeDecodeError, ValueError):
+            continue
+    return out
+
+
 def _storage_of(file: Path) -> str | None:
     name = file.name[:-5] if file.name.endswith(".zstd") else file.name
     return {".mcap": "mcap", ".db3": "sqlite3"}.get(Path(name).suffix)
@@ -443,7 +464,10 @@ class BagReader:
                 continue
         grouped: dict[str, list] = {}
         for storage in self._storages:
+            hashes = _mcap_type_hashes(storage)
             for conn in storage.connections:
+                if not conn.digest and conn.id in hashes:
+                    conn = conn._replace(digest=hashes[conn.id])
                 grouped.setdefault(conn.topic, []).append(conn)
         self.topics: dict[str, TopicInfo] = {}
         self._conns: dict[str, list] = {}
@@ -545,6 +569,50 @@ class BagReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _human_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _stamp(ns: int) -> str:
+    import time as _time
+    sec, nsec = divmod(ns, 10**9)
+    return f"{_time.strftime('%b %e %Y %H:%M:%S', _time.localtime(sec))}.{nsec:09d} ({sec}.{nsec:09d})"
+
+
+def format_info(reader: BagReader) -> str:
+    """What `ros2 bag info` prints for the bag (Jazzy's layout)."""
+    files = [Path(f) for f in reader.files]
+    if reader.metadata is not None:
+        files = [reader.path / PurePath(p).name for p in reader.metadata["relative_file_paths"]]
+    size = sum(f.stat().st_size for f in files if f.exists())
+    duration = (reader.end_time - reader.start_time) if reader.message_count else 0
+    pad = " " * 19
+    lines = [f"Files:             {files[0].name if files else ''}"]
+    lines += [f"{pad}{f.name}" for f in files[1:]]
+    lines += [f"Bag size:          {_human_size(size)}",
+              f"Storage id:        {reader.storage}",
+              f"ROS Distro:        {reader.ros_distro or 'unknown'}",
+              f"Duration:          {duration // 10**9}.{duration % 10**9:09d}s",
+              f"Start:             {_stamp(reader.start_time)}",
+              f"End:               {_stamp(reader.end_time)}",
+              f"Messages:          {reader.message_count}"]
+    topics = [f"Topic: {t.name} | Type: {t.msgtype} | Count: {t.count} | Serialization Format: cdr"
+              for t in reader.topics.values()]
+    lines.append(f"Topic information: {topics[0] if topics else ''}")
+    lines += [f"{pad}{t}" for t in topics[1:]]
+    services = [t for t in reader.topics.values() if t.msgtype.endswith("_Event") and "/srv/" in t.msgtype]
+    lines.append(f"Service:           {len(services)}")
+    lines.append("Service information: " + "".join(
+        f"{'' if i == 0 else pad}Service: {t.name.removesuffix('/_service_event')} | Type: "
+        f"{t.msgtype.removesuffix('_Event')} | Event Count: {t.count} | Serialization Format: cdr\n"
+        for i, t in enumerate(services)).rstrip("\n"))
+    return "\n".join(lines)
 
 
 def read_bag(path, topics: Sequence[str] | None = None) -> list[BagMessage]:

@@ -34,6 +34,7 @@ from vla_ros.data.bags import STORAGES, BagError, BagWriter
 from vla_ros.ros.bag_common import PARAM_ERRORS, StopSignal, descriptor, message_class, qos, string_array
 
 GRAPH_POLL = 0.1  # s between looks at the graph for publishers of topics not recorded yet
+FLUSH_PERIOD = 0.5  # s: the longest anything received stays in memory (MCAP chunk, sqlite3 batch)
 
 
 class RecorderNode(Node):
@@ -64,12 +65,14 @@ class RecorderNode(Node):
                 self.topics.append(name)
         bag_name = self.get_parameter("bag_name").value or time.strftime("rosbag2_%Y_%m_%d-%H_%M_%S")
         self.bag_path = Path(self.get_parameter("output_dir").value).expanduser() / bag_name
-        self.bag = BagWriter(self.bag_path, storage)   # BagError when it exists already
+        self.bag = BagWriter(self.bag_path, storage, flush_period=FLUSH_PERIOD)   # BagError when it exists
         self._subs = {}
         self._waiting_logged = False
         self._started = time.monotonic()
         self.get_logger().info(f"recording to {self.bag_path} ({storage}): {', '.join(self.topics)}")
         self._graph_timer = self.create_timer(GRAPH_POLL, self._discover)
+        # Slow topics too reach the file within FLUSH_PERIOD (a killed recorder loses at most that).
+        self._flush_timer = self.create_timer(FLUSH_PERIOD / 2, self.bag.flush)
         period = self.get_parameter("status_period").value
         self._last_status = None
         if period > 0:
