@@ -82,6 +82,12 @@ def _nested_types(fields) -> Iterator[str]:
         yield from walk(node)
 
 
+def _prefixes(prefixes: Sequence[str] | None = None) -> list[str]:
+    if prefixes is None:
+        prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    return list(prefixes)
+
+
 def _find_msg_file(msgtype: str, prefixes: Sequence[str]) -> Path | None:
     pkg, kind, name = _split_type(msgtype)
     for prefix in prefixes:
@@ -105,38 +111,159 @@ def normalize_type(msgtype: str) -> str:
     return "/".join(_split_type(msgtype))
 
 
+def _type_description_file(msgtype: str, prefixes: Sequence[str]) -> Path | None:
+    """The installed `share/<pkg>/<msg|srv|action>/<Interface>.json` that describes `msgtype`.
+
+    rosidl writes one per interface; a service's or action's file also describes the types
+    derived from it (`Trigger_Event`, `ExecuteInstruction_FeedbackMessage`, ...). Interface
+    names are CamelCase, so the interface of a derived type is its name up to the first "_".
+    """
+    pkg, kind, name = _split_type(msgtype)
+    for prefix in prefixes:
+        path = Path(prefix) / "share" / pkg / kind / f"{name.split('_')[0]}.json"
+        if path.is_file():
+            return path
+    return None
+
+
+def _type_description(msgtype: str, prefixes: Sequence[str]) -> tuple[dict, dict] | None:
+    """(the installed type description of `msgtype`, its hashes by type name), or None."""
+    path = _type_description_file(msgtype, prefixes)
+    if path is None:
+        return None
+    data = _load_json(path)
+    msg = data["type_description_msg"]
+    hashes = {h["type_name"]: h["hash_string"] for h in data.get("type_hashes", [])}
+    for desc in [msg["type_description"], *msg.get("referenced_type_descriptions", [])]:
+        if desc["type_name"] == msgtype:
+            return desc, hashes
+    return None
+
+
+_JSON_CACHE: dict[Path, dict] = {}
+
+
+def _load_json(path: Path) -> dict:
+    if path not in _JSON_CACHE:
+        import json
+        _JSON_CACHE[path] = json.loads(path.read_text())
+    return _JSON_CACHE[path]
+
+
+# type_description_interfaces/msg/FieldType: base type ids; +48 fixed array, +96 bounded
+# sequence, +144 unbounded sequence.
+_FIELD_TYPES = {2: "int8", 3: "uint8", 4: "int16", 5: "uint16", 6: "int32", 7: "uint32", 8: "int64",
+                9: "uint64", 10: "float32", 11: "float64", 12: "float64", 13: "char", 14: "wchar", 15: "bool",
+                16: "byte", 17: "string", 18: "wstring", 19: "string", 20: "wstring", 21: "string", 22: "wstring"}
+
+
+def _field_type_text(t: dict) -> str:
+    tid = int(t["type_id"])
+    base_id, kind = tid % 48, tid // 48
+    if base_id == 1:
+        base = t["nested_type_name"]
+    elif base_id in _FIELD_TYPES:
+        base = _FIELD_TYPES[base_id]
+        if base_id in (19, 20, 21, 22) and t.get("string_capacity"):
+            base = f"{base}<={t['string_capacity']}"
+    else:
+        raise BagError(f"unknown field type id {tid}")
+    return base + ["", f"[{t['capacity']}]", f"[<={t['capacity']}]", "[]"][kind]
+
+
+def _msg_text_from_description(desc: dict) -> str:
+    """A .msg definition equivalent to an installed type description (for the schema text of
+    types that have no .msg file of their own: service events, action feedback messages, ...)."""
+    return "".join(f"{_field_type_text(f['type'])} {f['name']}\n" for f in desc["fields"])
+
+
+def _fielddefs_from_description(desc: dict) -> list:
+    """rosbags' field definitions of an installed type description (rosbags' .msg parser does
+    not know `wstring` and cannot parse definitions nesting pkg/srv or pkg/action types)."""
+    from rosbags.typesys.base import Nodetype
+    fields = []
+    for f in desc["fields"]:
+        t = f["type"]
+        tid = int(t["type_id"])
+        base_id, kind = tid % 48, tid // 48
+        if base_id == 1:
+            inner = (Nodetype.NAME, t["nested_type_name"])
+        elif base_id in _FIELD_TYPES:
+            name = {12: "float128"}.get(base_id, _FIELD_TYPES[base_id])
+            inner = (Nodetype.BASE, (name, int(t.get("string_capacity") or 0) if base_id >= 17 else 0))
+        else:
+            raise BagError(f"{desc['type_name']}: field {f['name']} has unknown type id {tid}")
+        if kind == 1:
+            inner = (Nodetype.ARRAY, (inner, int(t["capacity"])))
+        elif kind in (2, 3):
+            inner = (Nodetype.SEQUENCE, (inner, int(t["capacity"]) if kind == 2 else 0))
+        fields.append((f["name"], inner))
+    return fields
+
+
+def _installed_hash(msgtype: str, prefixes: Sequence[str] | None = None) -> str | None:
+    """RIHS01 of `msgtype` as rosidl computed it at build time (the hash publishers advertise)."""
+    found = _type_description(normalize_type(msgtype), _prefixes(prefixes))
+    return found[1].get(normalize_type(msgtype)) if found else None
+
+
+def type_hash(msgtype: str, store=None) -> str:
+    """The RIHS01 type description hash of `msgtype`: the installed one (rosidl's, what rclpy
+    publishers advertise), else computed by rosbags from the definition.
+
+    rosbags' own computation differs from rosidl's for types that use `char` (std_msgs/Char,
+    service_msgs/ServiceEventInfo and every service event), so the installed hash comes first.
+    """
+    msgtype = normalize_type(msgtype)
+    installed = _installed_hash(msgtype)
+    if installed:
+        return installed
+    store = store or typestore_for([msgtype])
+    return store.hash_rihs01(msgtype)
+
+
 def typestore_for(msgtypes: Iterable[str] = (), prefixes: Sequence[str] | None = None):
     """rosbags' Jazzy typestore, completed with installed definitions of `msgtypes` it lacks.
 
-    Missing types (and the types they use) are loaded from `<prefix>/share/<pkg>/msg/<T>.msg`
-    for each prefix of `prefixes` (default: AMENT_PREFIX_PATH). A type found nowhere raises
-    BagError.
+    Missing types (and the types they use) are loaded from `<prefix>/share/<pkg>/msg/<T>.msg`,
+    or, for types without a .msg file of their own (service events, action messages) and
+    definitions rosbags cannot parse, from the installed type description
+    (`share/<pkg>/<kind>/<Interface>.json`), for each prefix of `prefixes` (default:
+    AMENT_PREFIX_PATH). A type found nowhere raises BagError.
     """
     store = get_typestore(Stores.ROS2_JAZZY)
     add_types(store, msgtypes, prefixes)
     return store
 
 
-def type_hash(msgtype: str, store=None) -> str:
-    """The RIHS01 type description hash of `msgtype` (computed by rosbags from its definition)."""
-    store = store or typestore_for([msgtype])
-    return store.hash_rihs01(normalize_type(msgtype))
+def _types_of(name: str, prefixes: Sequence[str]):
+    """rosbags type definitions of installed type `name` (from its .msg file or type description)."""
+    path = _find_msg_file(name, prefixes)
+    if path is not None:
+        text = path.read_text()
+        if "wstring" not in text:   # rosbags' .msg parser takes wstring for a nested type name
+            try:
+                return get_types_from_msg(text, name)
+            except Exception:  # noqa: BLE001 - a definition rosbags cannot parse: use the description
+                pass
+    found = _type_description(name, prefixes)
+    if found is not None:
+        return {name: ([], _fielddefs_from_description(found[0]))}
+    pkg, kind, short = _split_type(name)
+    raise BagError(f"message type {name} is neither a standard Jazzy type nor installed "
+                   f"(no share/{pkg}/{kind}/{short}.msg nor share/{pkg}/{kind}/{short.split('_')[0]}.json "
+                   f"describing it under {list(prefixes)})")
 
 
 def add_types(store, msgtypes: Iterable[str], prefixes: Sequence[str] | None = None) -> None:
-    """Register `msgtypes` (and their dependencies) from installed .msg files into `store`."""
-    if prefixes is None:
-        prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    """Register `msgtypes` (and their dependencies) from installed definitions into `store`."""
+    prefixes = _prefixes(prefixes)
     pending = [normalize_type(t) for t in msgtypes]
     while pending:
         name = pending.pop()
         if name in store.fielddefs:
             continue
-        path = _find_msg_file(name, prefixes)
-        if path is None:
-            raise BagError(f"message type {name} is neither a standard Jazzy type nor installed "
-                           f"(no share/{name.split('/')[0]}/msg/{name.split('/')[-1]}.msg under {list(prefixes)})")
-        types = get_types_from_msg(path.read_text(), name)
+        types = _types_of(name, prefixes)
         missing = [t for _, fields in types.values() for t in _nested_types(fields) if t not in store.fielddefs]
         if missing:  # register dependencies first
             pending.append(name)
@@ -171,8 +298,32 @@ def adapted_qos(offered: Sequence[Qos]) -> tuple[str, str]:
 # ------------------------------------------------------------------------------- writing
 def _msgdef(store, msgtype: str) -> tuple[str, str]:
     """(definition text, encoding) of `msgtype` as rosbag2 stores it in schemas."""
-    msgdef, _ = store.generate_msgdef(msgtype, ros_version=2)
+    try:
+        msgdef, _ = store.generate_msgdef(msgtype, ros_version=2)
+    except (AssertionError, KeyError, ValueError):
+        # rosbags generates definitions only for types whose nested types are all pkg/msg/...;
+        # service events and action messages nest pkg/srv/... and pkg/action/... types.
+        return _msgdef_from_descriptions(msgtype, _prefixes()), "ros2msg"
     return msgdef, "ros2idl" if msgdef.startswith("=" * 80 + "\nIDL: ") else "ros2msg"
+
+
+def _msgdef_from_descriptions(msgtype: str, prefixes: Sequence[str]) -> str:
+    """rosbag2's concatenated ros2msg definition (the type, then each type it uses after a
+    "====...\nMSG: pkg/kind/Type" line), built from installed type descriptions."""
+    parts, seen, pending = [], set(), [msgtype]
+    while pending:
+        name = pending.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        found = _type_description(name, prefixes)
+        if found is None:
+            raise BagError(f"message type {name} has no installed type description")
+        desc = found[0]
+        text = _msg_text_from_description(desc)
+        parts.append(text if name == msgtype else "=" * 80 + f"\nMSG: {name}\n" + text)
+        pending.extend(f["type"]["nested_type_name"] for f in desc["fields"] if f["type"].get("nested_type_name"))
+    return "".join(parts)
 
 
 class BagWriter:
