@@ -309,3 +309,20 @@ def test_bags_module_does_not_import_rclpy():
     import subprocess
     code = "import sys, vla_ros.data.bags; sys.exit('rclpy' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_player_skips_topics_whose_type_is_not_installed_with_one_warning(tmp_path):
+    import sqlite3
+    bag = tmp_path / "mixed"
+    stamps = [5_000_000_000_000 + i * 50_000_000 for i in range(8)]
+    write_bag(bag, [(t, s, serialize_message(String(data=f"{t} {i}"))) for i, s in enumerate(stamps)
+                    for t in ("/timing", "/exotic")],
+              {"/timing": "std_msgs/msg/String", "/exotic": "std_msgs/msg/String"}, storage="sqlite3")
+    db = sqlite3.connect(bag / "mixed.db3")   # a type this machine does not have (the storage is read)
+    db.execute("UPDATE topics SET type = 'robot_vendor_msgs/msg/Exotic' WHERE name = '/exotic'")
+    db.commit()
+    db.close()
+    _, _, log = _play_and_time(executable("player_node", "--ros-args", "-p", f"bag:={bag}",
+                                          "-p", "wait_for_subscribers:=1"), tmp_path / "player.log", len(stamps))
+    assert log.count("skipping 1 topic(s) whose type is not installed: /exotic (robot_vendor_msgs/msg/Exotic)") == 1, log
+    assert f"done: published {len(stamps)} messages" in log, log

@@ -360,16 +360,17 @@ class BagWriter:
         self._open = True
 
     def add_topic(self, topic: str, msgtype: str, reliability: str = "reliable", durability: str = "volatile",
-                  depth: int = 100, rihs01: str | None = None, qos: Qos | None = None) -> None:
-        """Declare a topic (once) with its type and the QoS its publisher offered (`qos`, or a
-        keep-last `depth` profile with `reliability` and `durability`)."""
+                  depth: int = 100, rihs01: str | None = None, offered: Sequence[Qos] | None = None) -> None:
+        """Declare a topic (once) with its type and the QoS profiles its publishers offered
+        (`offered`, as the graph reports them; default: one keep-last `depth` profile with
+        `reliability` and `durability`)."""
         msgtype = normalize_type(msgtype)
         if topic in self._topics:
             raise BagError(f"topic {topic} already added to bag {self.path}")
         add_types(self._store, [msgtype])
         msgdef, encoding = _msgdef(self._store, msgtype)
         entry = TopicEntry(len(self._topics) + 1, topic, msgtype, msgdef, encoding,
-                           rihs01 or type_hash(msgtype, self._store), [qos or make_qos(reliability, durability, depth)])
+                           rihs01 or type_hash(msgtype, self._store), list(offered) if offered else [make_qos(reliability, durability, depth)])
         self._storage.add_topic(entry)
         self._topics[topic] = entry
 

@@ -56,6 +56,33 @@ def qos(reliability: str, durability: str, depth: int = QUEUE_DEPTH) -> QoSProfi
                       else DurabilityPolicy.VOLATILE)
 
 
+def offered_qos(profile):
+    """A publisher's QoS as the graph reports it, as rosbags' Qos (what rosbag2 records as offered).
+
+    Durations are sec/nsec; the "infinite" duration is written as rosbag2 writes it
+    (2147483647 s, 4294967295 ns).
+    """
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    def enum(cls, value):
+        try:
+            return cls(int(value))
+        except ValueError:
+            return cls.UNKNOWN
+
+    def duration(d):
+        ns = d.nanoseconds
+        if ns >= 2**63 - 1 or ns < 0:
+            return QosTime(2147483647, 4294967295)
+        sec, nsec = divmod(ns, 10**9)
+        return QosTime(sec, nsec) if sec < 2147483647 else QosTime(2147483647, 4294967295)
+
+    return Qos(enum(QosHistory, profile.history), int(profile.depth), enum(QosReliability, profile.reliability),
+               enum(QosDurability, profile.durability), duration(profile.deadline), duration(profile.lifespan),
+               enum(QosLiveliness, profile.liveliness), duration(profile.liveliness_lease_duration),
+               bool(profile.avoid_ros_namespace_conventions))
+
+
 def descriptor(description: str, *, float_range=None, int_range=None, read_only=False) -> ParameterDescriptor:
     d = ParameterDescriptor(description=description, read_only=read_only)
     if float_range is not None:

@@ -31,9 +31,13 @@ from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
 from vla_ros.data.bags import STORAGES, BagError, BagWriter
-from vla_ros.ros.bag_common import PARAM_ERRORS, StopSignal, descriptor, message_class, qos, string_array
+from vla_ros.ros.bag_common import (PARAM_ERRORS, StopSignal, descriptor, message_class, offered_qos, qos,
+                                    string_array)
 
 GRAPH_POLL = 0.1  # s between looks at the graph for publishers of topics not recorded yet
+# The graph does not tell a publisher's history depth (DDS does not carry it), so the queue is deep
+# enough for bursts: 10,000 small messages, or a second of 30 Hz images held up by the executor.
+QUEUE_DEPTH = 10000
 FLUSH_PERIOD = 0.5  # s: the longest anything received stays in memory (MCAP chunk, sqlite3 batch)
 
 
@@ -98,14 +102,15 @@ class RecorderNode(Node):
             dur = "transient_local" if transient else "volatile"
             try:
                 cls = message_class(msgtype)
-                self.bag.add_topic(topic, msgtype, reliability=rel, durability=dur)
+                self.bag.add_topic(topic, msgtype, offered=[offered_qos(i.qos_profile) for i in infos])
             except (ValueError, BagError) as exc:
                 self.get_logger().error(f"cannot record {topic}: {exc}")
                 self._subs[topic] = None
                 continue
             self._check_hash(topic, msgtype, infos)
             self._subs[topic] = self.create_subscription(
-                cls, topic, lambda data, topic=topic: self._on_message(topic, data), qos(rel, dur), raw=True)
+                cls, topic, lambda data, topic=topic: self._on_message(topic, data), qos(rel, dur, QUEUE_DEPTH),
+                raw=True)
             self.get_logger().info(f"recording {topic} ({msgtype}, {rel}, {dur})")
         pending = [t for t in self.topics if t not in self._subs]
         if not pending:
