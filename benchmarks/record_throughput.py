@@ -234,6 +234,16 @@ def _cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def _peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return float("nan")
+
+
 def count_bag(bag: Path, storage: str) -> dict:
     """Per topic: our reader, rosbags' reader, the mcap library; distinct burst payloads."""
     from rosbags.rosbag2 import Reader as RosbagsReader
@@ -329,6 +339,7 @@ def run_pass(kind: str, args, work: Path) -> dict:
             if p.stop() != 0:
                 raise RuntimeError(f"publisher {name} failed:\n{p.output()[-3000:]}")
         cpu = (_cpu_seconds(sub.proc.pid) - cpu0) / (time.monotonic() - t0)
+        peak_rss_mb = _peak_rss_mb(sub.proc.pid)
         stopped = time.monotonic()
         rc = sub.stop()
         close_s = time.monotonic() - stopped
@@ -337,7 +348,8 @@ def run_pass(kind: str, args, work: Path) -> dict:
     finally:
         for p in [*pubs.values(), sub]:
             p.stop(signal.SIGKILL if p.proc.poll() is None else signal.SIGINT)
-    out = {"kind": kind, "published": published, "acked": acked, "cpu_fraction": cpu, "stop_to_exit_s": close_s}
+    out = {"kind": kind, "published": published, "acked": acked, "cpu_fraction": cpu, "stop_to_exit_s": close_s,
+           "peak_rss_mb": peak_rss_mb}
     text = sub.output()
     out["log_drops"] = [ln for ln in text.splitlines() if "dropped" in ln.lower() and "none dropped" not in ln]
     if kind == "reference":
@@ -410,7 +422,7 @@ def main(argv=None) -> int:
             if r["mcap"] is not None:
                 checks.append("mcap counts " + ("agree" if r["mcap"] == r["recorded"] else f"DIFFER {r['mcap']}"))
         checks.append(f"burst distinct {r['burst_distinct']}")
-        checks.append(f"CPU {100 * r['cpu_fraction']:.0f} % of a core")
+        checks.append(f"CPU {100 * r['cpu_fraction']:.0f} % of a core, peak RSS {r['peak_rss_mb']:.0f} MB")
         checks.append(f"SIGINT to exit {r['stop_to_exit_s']:.2f} s")
         for t, m in r.get("missing", {}).items():
             if m["first_recorded"] or m.get("gaps"):

@@ -44,6 +44,7 @@ class QueuedBagWriter:
         self.peak_bytes = 0
         self.received: dict[str, int] = {}
         self.dropped: dict[str, int] = {}
+        self._written: dict[str, int] = {}     # kept here: reading the bag's would wait for a long flush
         self.error: BaseException | None = None
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="bag_writer", daemon=True)
@@ -56,6 +57,7 @@ class QueuedBagWriter:
         with self._lock:
             self.received.setdefault(topic, 0)
             self.dropped.setdefault(topic, 0)
+            self._written.setdefault(topic, 0)
 
     def type_hash(self, topic: str) -> str:
         with self._bag_lock:
@@ -90,9 +92,10 @@ class QueuedBagWriter:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Messages written to the bag so far per topic."""
-        with self._bag_lock:
-            return self.bag.counts
+        """Messages written to the bag so far per topic (never waits for the writer thread, which
+        may be in a long flush: an sqlite3 commit and WAL checkpoint, a slow disk)."""
+        with self._lock:
+            return dict(self._written)
 
     def close(self, timeout: float | None = None) -> None:
         """Write everything queued, then close the bag (metadata.yaml, storage summary)."""
@@ -118,19 +121,23 @@ class QueuedBagWriter:
     def _run(self) -> None:
         period = self._flush_period
         last_flush = time.monotonic()
+        batch, done = [], 0
         try:
             while True:
-                batch = self._take(BATCH)
+                batch, done = self._take(BATCH), 0
                 if batch:
                     with self._bag_lock:
                         for topic, t, data in batch:
                             self.bag.write(topic, t, data)
+                            done += 1
+                    self._count_written(batch)
+                    batch = []
                 if time.monotonic() - last_flush >= period:
                     # Slow topics too reach the file within the flush period (a killed recorder loses at most that).
                     with self._bag_lock:
                         self.bag.flush()
                     last_flush = time.monotonic()
-                if batch:
+                if done:
                     continue
                 with self._lock:
                     if self._closing and not self._queue:
@@ -139,9 +146,15 @@ class QueuedBagWriter:
                 self._wake.clear()
         except BaseException as exc:  # noqa: BLE001 - `error`, raised again by close(); the recorder logs it
             self.error = exc
+            self._count_written(batch[:done])
             with self._lock:
                 self._closing = True
-                for topic, _, _ in self._queue:
+                for topic, _, _ in [*batch[done:], *self._queue]:
                     self.dropped[topic] = self.dropped.get(topic, 0) + 1
                 self._queue.clear()
                 self._queued_bytes = 0
+
+    def _count_written(self, messages) -> None:
+        with self._lock:
+            for topic, _, _ in messages:
+                self._written[topic] = self._written.get(topic, 0) + 1
