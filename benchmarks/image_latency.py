@@ -3,7 +3,7 @@
 A publisher process sends N images (default 640x480 rgb8) at 30 Hz with sensor-data QoS
 (best effort, as camera drivers do); this process receives them and measures
 receive time - header stamp (same machine clock) and lost frames. It runs once with the
-shipped profile (config/fastdds_localhost.xml: 16 MiB shared-memory segment) and once with
+shipped profile (config/fastdds_localhost.xml: 64 MiB shared-memory segment) and once with
 Fast DDS's defaults, in the same run, so the two rows compare on the same machine load.
 
     python benchmarks/image_latency.py [--frames 300] [--width 640 --height 480] [--out FILE]
@@ -125,7 +125,7 @@ def main():
         return receiver(args)
 
     rows = []
-    for label, profile in (("shipped profile (16 MiB SHM)", ROOT / "config" / "fastdds_localhost.xml"),
+    for label, profile in (("shipped profile (64 MiB SHM)", ROOT / "config" / "fastdds_localhost.xml"),
                            ("Fast DDS defaults", None)):
         r = measure(args, profile)
         r["config"] = label

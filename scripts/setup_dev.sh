@@ -111,6 +111,13 @@ log "installing vla_ros (editable)"
 # package before it would settle for the generated namespace portion.
 "${PIP[@]}" install -q --no-deps --no-build-isolation --config-settings editable_mode=compat -e "$ROOT" 2>&1 | grep -vE "is ignored|^$" || true
 
+# Fast DDS 2.x (Jazzy) reads only FASTRTPS_DEFAULT_PROFILES_FILE; 3.x (Kilted) reads FASTDDS_...
+# and warns in every process that FASTRTPS_... is deprecated: set the old name only for 2.x.
+FASTRTPS_LINE=""
+if "$VENV/bin/python" -c "import sys; from importlib import metadata as m; sys.exit(int(m.version('ros-fastrtps').split('.')[0]) >= 3)" 2>/dev/null; then
+  FASTRTPS_LINE='export FASTRTPS_DEFAULT_PROFILES_FILE="$FASTDDS_DEFAULT_PROFILES_FILE"'
+fi
+
 log "writing $VENV/setup.bash"
 cat > "$VENV/setup.bash" <<EOF
 # Source this file for a shell with the vla_ros dev environment (written by scripts/setup_dev.sh).
@@ -123,7 +130,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID="\${ROS_DOMAIN_ID:-42}"
 # Shared-memory segment big enough for a 1280x720 rgb8 image, UDP on loopback only.
 export FASTDDS_DEFAULT_PROFILES_FILE="\${FASTDDS_DEFAULT_PROFILES_FILE:-$ROOT/config/fastdds_localhost.xml}"
-export FASTRTPS_DEFAULT_PROFILES_FILE="\$FASTDDS_DEFAULT_PROFILES_FILE"
+$FASTRTPS_LINE
 export VLA_ROS_SHARE="$ROOT"
 # Models ship offline; never reach for a model hub at run time.
 export HF_HUB_OFFLINE=1

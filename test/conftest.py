@@ -18,7 +18,23 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = os.environ.get("VLA_ROS_TEST_DOMAIN_ID", str(120 + os.getpid() % 100))
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_localhost.xml"))
-os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]
+
+
+def _fastrtps_2() -> bool:
+    """Fast DDS 2.x (Jazzy, package fastrtps) reads only FASTRTPS_DEFAULT_PROFILES_FILE; 3.x
+    (Kilted, package fastdds) reads FASTDDS_... and warns in every process that FASTRTPS_... is
+    deprecated, so the old name is set only where it is needed."""
+    from importlib import metadata
+    try:
+        return int(metadata.version("ros-fastrtps").split(".")[0]) < 3
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+
+
+if _fastrtps_2():
+    os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]
+else:
+    os.environ.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)
 os.environ.setdefault("VLA_ROS_SHARE", str(ROOT))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

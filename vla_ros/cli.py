@@ -28,6 +28,14 @@ def main(argv=None) -> int:
     rep.add_argument("--clock", action="store_true", help="publish /clock from the bag time")
     rep.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
                      help="wait until every topic has N subscribers before starting")
+    bag = sub.add_parser("bag", help="inspect or repair a rosbag2 bag (no ROS needed)")
+    bag_sub = bag.add_subparsers(dest="bag_command", required=True)
+    bag_info = bag_sub.add_parser("info", help="what `ros2 bag info` prints: files, size, storage, distro, "
+                                  "duration, start/end, counts per topic (and any metadata disagreement)")
+    bag_info.add_argument("bag", help="bag directory, storage file or bare .mcap/.db3 file")
+    bag_reindex = bag_sub.add_parser("reindex", help="recover a bag whose recorder was killed: rebuild the MCAP "
+                                     "summary from its complete chunks (or fold sqlite3's WAL in) and metadata.yaml")
+    bag_reindex.add_argument("bag", help="bag directory")
     col = sub.add_parser("collect", help="record scripted-expert demonstrations in the simulated Panda "
                          "(one MCAP bag per episode)")
     col.add_argument("--out", "-o", required=True, help="empty directory the episode bags are written to")
@@ -84,6 +92,8 @@ def main(argv=None) -> int:
         return _record(args, ros_args)
     if args.command == "replay":
         return _replay(args, ros_args)
+    if args.command == "bag":
+        return _bag(args)
     if args.command == "collect":
         return _collect(args)
     if args.command == "eval":
@@ -96,6 +106,25 @@ def main(argv=None) -> int:
         return run_open_loop_cli(args)
     parser.print_help()
     return 0
+
+
+def _bag(args) -> int:
+    """vla-ros bag info|reindex: 0 on success, 2 on a bag that cannot be read or recovered."""
+    from vla_ros.data.bags import BagError, BagReader, format_info
+    try:
+        if args.bag_command == "reindex":
+            from vla_ros.data.bag_reindex import reindex
+            for line in reindex(args.bag).lines():
+                print(line)
+            return 0
+        with BagReader(args.bag, log_warnings=False) as reader:
+            print(format_info(reader))
+            for warning in reader.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+        return 0
+    except BagError as exc:
+        print(f"[vla-ros bag {args.bag_command}] {exc}", file=sys.stderr)
+        return 2
 
 
 def _collect(args) -> int:

@@ -24,22 +24,28 @@ def string_array(node, name: str) -> list:
 
 
 def message_class(msgtype: str):
-    """The Python message class of "pkg/msg/Type" (rosidl_runtime_py when available)."""
-    try:
-        from rosidl_runtime_py.utilities import get_message
-    except ImportError:
-        get_message = None
-    if get_message is not None:
-        return get_message(msgtype)
+    """The Python message class of "pkg/msg/Type", a service's "pkg/srv/Type_Event" (or _Request,
+    _Response), or an action's "pkg/action/Type_FeedbackMessage" (or _Goal, _SendGoal_Request, ...)."""
     parts = msgtype.split("/")
     if len(parts) == 2:
         parts = [parts[0], "msg", parts[1]]
-    if len(parts) != 3:
+    if len(parts) != 3 or not all(parts):
         raise ValueError(f"invalid message type {msgtype!r}")
+    pkg, kind, name = parts
     try:
-        return getattr(importlib.import_module(f"{parts[0]}.{parts[1]}"), parts[2])
-    except (ImportError, AttributeError) as exc:
+        module = importlib.import_module(f"{pkg}.{kind}")
+    except ImportError as exc:
         raise ValueError(f"message type {msgtype} is not installed: {exc}") from None
+    cls = getattr(module, name, None)
+    if cls is None and kind == "action" and "_" in name:
+        # rosidl puts an action's own messages on its class (Goal, Result, Feedback) and the
+        # derived ones on .Impl (FeedbackMessage, GoalStatusMessage, SendGoalService, ...).
+        base, _, rest = name.partition("_")
+        action = getattr(module, base, None)
+        cls = getattr(action, rest, None) or getattr(getattr(action, "Impl", None), rest, None)
+    if cls is None or not hasattr(cls, "_TYPE_SUPPORT") and not hasattr(cls, "__import_type_support__"):
+        raise ValueError(f"message type {msgtype} is not installed: {pkg}.{kind} has no {name}")
+    return cls
 
 
 def qos(reliability: str, durability: str, depth: int = QUEUE_DEPTH) -> QoSProfile:
@@ -48,6 +54,33 @@ def qos(reliability: str, durability: str, depth: int = QUEUE_DEPTH) -> QoSProfi
                       else ReliabilityPolicy.BEST_EFFORT,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL if durability == "transient_local"
                       else DurabilityPolicy.VOLATILE)
+
+
+def offered_qos(profile):
+    """A publisher's QoS as the graph reports it, as rosbags' Qos (what rosbag2 records as offered).
+
+    Durations are sec/nsec; the "infinite" duration is written as rosbag2 writes it
+    (2147483647 s, 4294967295 ns).
+    """
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    def enum(cls, value):
+        try:
+            return cls(int(value))
+        except ValueError:
+            return cls.UNKNOWN
+
+    def duration(d):
+        ns = d.nanoseconds
+        if ns >= 2**63 - 1 or ns < 0:
+            return QosTime(2147483647, 4294967295)
+        sec, nsec = divmod(ns, 10**9)
+        return QosTime(sec, nsec) if sec < 2147483647 else QosTime(2147483647, 4294967295)
+
+    return Qos(enum(QosHistory, profile.history), int(profile.depth), enum(QosReliability, profile.reliability),
+               enum(QosDurability, profile.durability), duration(profile.deadline), duration(profile.lifespan),
+               enum(QosLiveliness, profile.liveliness), duration(profile.liveliness_lease_duration),
+               bool(profile.avoid_ros_namespace_conventions))
 
 
 def descriptor(description: str, *, float_range=None, int_range=None, read_only=False) -> ParameterDescriptor:

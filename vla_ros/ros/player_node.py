@@ -65,23 +65,32 @@ class PlayerNode(Node):
         self.rate = self.get_parameter("rate").value
         self.loop = self.get_parameter("loop").value
         self.min_subs = self.get_parameter("wait_for_subscribers").value
-        self.reader = BagReader(path)
+        self.reader = BagReader(path, log_warnings=False)
+        for warning in self.reader.warnings:
+            self.get_logger().warning(warning)
         wanted = string_array(self, "topics")
         unknown = [t for t in wanted if t not in self.reader.topics]
         if unknown:
             self.reader.close()
             raise BagError(f"bag {self.reader.path} has no topic(s) {unknown}; it has {sorted(self.reader.topics)}")
-        self.topics = wanted or sorted(self.reader.topics)
-        self.start = self.reader.start_time + int(round(self.get_parameter("start_offset").value * 1e9))
         self.pubs = {}
-        for topic in self.topics:
+        skipped = []
+        for topic in wanted or sorted(self.reader.topics):
             info = self.reader.topics[topic]
             try:
                 cls = message_class(info.msgtype)
-            except ValueError as exc:
-                self.reader.close()
-                raise BagError(f"cannot play {topic}: {exc}") from None
+            except ValueError:
+                skipped.append(f"{topic} ({info.msgtype})")   # as rosbag2 does: play the rest
+                continue
             self.pubs[topic] = self.create_publisher(cls, topic, qos(info.reliability, info.durability))
+        if skipped:
+            self.get_logger().warning(f"skipping {len(skipped)} topic(s) whose type is not installed: "
+                                      f"{', '.join(skipped)}")
+        if not self.pubs:
+            self.reader.close()
+            raise BagError(f"bag {self.reader.path}: no topic to play (types not installed: {', '.join(skipped)})")
+        self.topics = list(self.pubs)
+        self.start = self.reader.start_time + int(round(self.get_parameter("start_offset").value * 1e9))
         self.clock_pub = (self.create_publisher(Clock, "/clock", qos("reliable", "volatile", 10))
                           if self.get_parameter("publish_clock").value else None)
         count = sum(self.reader.topics[t].count for t in self.topics)

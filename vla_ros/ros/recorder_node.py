@@ -3,22 +3,34 @@
 Each topic's type is discovered from the graph: the node waits until the topic has a
 publisher, then subscribes with raw=True (messages stay serialized) and a QoS that matches
 what its publishers offer (best-effort when any publisher is best-effort, as camera drivers
-are; transient local when all are; keep-last 100). Every message is written with its receive
-time on the node clock, so use_sim_time with /clock is honoured.
+are; transient local when all are). The graph does not tell a publisher's history depth, so the
+subscription's is deep: `queue_depth` (10,000) messages, or `large_queue_depth` (100) for types
+with a byte array (images, compressed images, point clouds: up to megabytes each).
 
-SIGINT or SIGTERM closes the bag (MCAP summary and metadata.yaml with message counts) and
-exits 0: nothing received before the signal is lost.
+Receiving and writing are apart: the subscription callback takes every message DDS holds for
+the topic, stamps each with the node clock (use_sim_time with /clock is honoured) and puts it
+on a write queue bounded by `write_queue_mb`; a writer thread writes the queue to storage and
+flushes at least every 0.5 s (MCAP chunk, sqlite3 commit). Should the writer fall that far
+behind, new messages are dropped, counted per topic and said in one warning line (at most one
+a second while it lasts) and in the final summary.
+
+SIGINT or SIGTERM stops taking messages, writes everything queued, closes the bag (MCAP summary
+and metadata.yaml with message counts) and exits 0.
 
 Parameters:
-  topics        string[]  topics to record, relative (to the node namespace) or absolute
-  output_dir    string    directory the bag is created in (default: current directory)
-  bag_name      string    bag directory name (default: rosbag2_<date>-<time>)
-  storage       string    mcap or sqlite3
-  status_period double    seconds between "recorded:" count lines while counts change (0: off)
+  topics            string[]  topics to record, relative (to the node namespace) or absolute
+  output_dir        string    directory the bag is created in (default: current directory)
+  bag_name          string    bag directory name (default: rosbag2_<date>-<time>)
+  storage           string    mcap or sqlite3
+  status_period     double    seconds between "recorded:" count lines while counts change (0: off)
+  queue_depth       int       subscription history depth (KEEP_LAST) per topic (10000)
+  large_queue_depth int       the same for types with a byte array (100)
+  write_queue_mb    int       bound of the write queue in MiB (512)
 """
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,10 +42,38 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
+from vla_ros.data.bag_queue import QueuedBagWriter
 from vla_ros.data.bags import STORAGES, BagError, BagWriter
-from vla_ros.ros.bag_common import PARAM_ERRORS, StopSignal, descriptor, message_class, qos, string_array
+from vla_ros.ros.bag_common import (PARAM_ERRORS, StopSignal, descriptor, message_class, offered_qos, qos,
+                                    string_array)
 
 GRAPH_POLL = 0.1  # s between looks at the graph for publishers of topics not recorded yet
+# The graph does not tell a publisher's history depth (DDS does not carry it), so the queue is deep
+# enough for bursts of 10,000 small messages; for types with a byte array (images, point clouds),
+# 100 (over 3 s of 30 Hz frames, ~90 MB of 640x480 rgb8) bounds what DDS may hold for us.
+QUEUE_DEPTH = 10000
+LARGE_QUEUE_DEPTH = 100
+WRITE_QUEUE_MB = 512
+FLUSH_PERIOD = 0.5  # s: the longest anything received stays in memory (MCAP chunk, sqlite3 batch)
+DRAIN_MAX = 1000    # messages one callback takes from a subscription before the executor runs others
+DROP_LOG_PERIOD = 1.0  # s: at most one "dropped" warning line this often while drops go on
+
+
+def has_byte_array(cls, levels: int = 4) -> bool:
+    """Whether a message class has a uint8[]/byte[] field, itself or in a nested message (images,
+    compressed images, point clouds: messages that can be megabytes each)."""
+    for ftype in cls.get_fields_and_field_types().values():
+        base = ftype[len("sequence<"):-1] if ftype.startswith("sequence<") else ftype
+        base = base.split(",")[0]
+        if ftype.startswith("sequence<") and base in ("uint8", "octet", "char", "int8"):
+            return True
+        if "/" in base and levels > 0:
+            try:
+                if has_byte_array(message_class(base), levels - 1):
+                    return True
+            except ValueError:
+                continue
+    return False
 
 
 class RecorderNode(Node):
@@ -51,6 +91,14 @@ class RecorderNode(Node):
         self.declare_parameter("status_period", 0.0, descriptor(
             "Seconds between 'recorded:' message-count lines (only when counts changed); 0: off.",
             float_range=(0.0, 3600.0)))
+        self.declare_parameter("queue_depth", QUEUE_DEPTH, descriptor(
+            "Subscription history depth (KEEP_LAST) per topic.", int_range=(1, 1000000), read_only=True))
+        self.declare_parameter("large_queue_depth", LARGE_QUEUE_DEPTH, descriptor(
+            "Subscription history depth for types with a byte array (images, point clouds).",
+            int_range=(1, 1000000), read_only=True))
+        self.declare_parameter("write_queue_mb", WRITE_QUEUE_MB, descriptor(
+            "Bound of the write queue in MiB; beyond it new messages are dropped, counted and logged.",
+            int_range=(1, 1 << 20), read_only=True))
         topics = string_array(self, "topics")
         storage = self.get_parameter("storage").value
         if not [t for t in topics if t]:
@@ -64,12 +112,21 @@ class RecorderNode(Node):
                 self.topics.append(name)
         bag_name = self.get_parameter("bag_name").value or time.strftime("rosbag2_%Y_%m_%d-%H_%M_%S")
         self.bag_path = Path(self.get_parameter("output_dir").value).expanduser() / bag_name
-        self.bag = BagWriter(self.bag_path, storage)   # BagError when it exists already
+        self._depth = self.get_parameter("queue_depth").value
+        self._large_depth = self.get_parameter("large_queue_depth").value
+        self._drops_logged = {}          # topic -> dropped count last logged
+        self._last_drop_log = 0.0
+        self._drop_lock = threading.Lock()
+        bag = BagWriter(self.bag_path, storage, flush_period=FLUSH_PERIOD)   # BagError when it exists
+        self.bag = QueuedBagWriter(bag, self.get_parameter("write_queue_mb").value << 20, on_drop=self._on_drop,
+                                   flush_period=FLUSH_PERIOD)
+        self._error_logged = False
         self._subs = {}
         self._waiting_logged = False
         self._started = time.monotonic()
         self.get_logger().info(f"recording to {self.bag_path} ({storage}): {', '.join(self.topics)}")
         self._graph_timer = self.create_timer(GRAPH_POLL, self._discover)
+        self._health_timer = self.create_timer(DROP_LOG_PERIOD, self._check_writer)
         period = self.get_parameter("status_period").value
         self._last_status = None
         if period > 0:
@@ -95,15 +152,17 @@ class RecorderNode(Node):
             dur = "transient_local" if transient else "volatile"
             try:
                 cls = message_class(msgtype)
-                self.bag.add_topic(topic, msgtype, reliability=rel, durability=dur)
+                self.bag.add_topic(topic, msgtype, offered=[offered_qos(i.qos_profile) for i in infos])
             except (ValueError, BagError) as exc:
                 self.get_logger().error(f"cannot record {topic}: {exc}")
                 self._subs[topic] = None
                 continue
             self._check_hash(topic, msgtype, infos)
+            depth = self._large_depth if has_byte_array(cls) else self._depth
             self._subs[topic] = self.create_subscription(
-                cls, topic, lambda data, topic=topic: self._on_message(topic, data), qos(rel, dur), raw=True)
-            self.get_logger().info(f"recording {topic} ({msgtype}, {rel}, {dur})")
+                cls, topic, lambda data, topic=topic: self._on_message(topic, data), qos(rel, dur, depth),
+                raw=True)
+            self.get_logger().info(f"recording {topic} ({msgtype}, {rel}, {dur}, depth {depth})")
         pending = [t for t in self.topics if t not in self._subs]
         if not pending:
             self._graph_timer.cancel()
@@ -113,16 +172,62 @@ class RecorderNode(Node):
 
     def _check_hash(self, topic, msgtype, infos):
         hashes = {str(i.topic_type_hash) for i in infos if str(i.topic_type_hash).startswith("RIHS01_")}
-        ours = self.bag._connections[topic].digest
+        ours = self.bag.type_hash(topic)
         if hashes and ours not in hashes:
             self.get_logger().warning(f"{topic}: publisher's type hash {sorted(hashes)} differs from the installed "
                                       f"{msgtype} definition ({ours}); the bag records the installed one")
 
     def _on_message(self, topic: str, data: bytes):
-        self.bag.write(topic, self.get_clock().now().nanoseconds, data)
+        """Queue this message and every other one DDS already holds for the topic: one trip through
+        the executor (a wait set built and waited on) per message would cap a burst at a few
+        thousand messages a second on a small machine."""
+        clock, put = self.get_clock(), self.bag.put
+        put(topic, clock.now().nanoseconds, data)
+        sub = self._subs.get(topic)
+        if sub is None:
+            return
+        with sub.handle:
+            for _ in range(DRAIN_MAX):
+                taken = sub.handle.take_message(sub.msg_type, True)
+                if taken is None:
+                    break
+                put(topic, clock.now().nanoseconds, taken[0])
+
+    def _on_drop(self, topic: str, size: int):
+        """A message was dropped because the write queue is full: one warning line a second at most."""
+        now = time.monotonic()
+        if now - self._last_drop_log < DROP_LOG_PERIOD:
+            return
+        with self._drop_lock:
+            if now - self._last_drop_log < DROP_LOG_PERIOD:
+                return
+            self._last_drop_log = now
+            self._log_drops("write queue full", warn=True)
+
+    def _log_drops(self, why: str, warn: bool):
+        dropped = dict(self.bag.dropped)
+        new = {t: n - self._drops_logged.get(t, 0) for t, n in dropped.items() if n > self._drops_logged.get(t, 0)}
+        if not new:
+            return
+        self._drops_logged = dropped
+        n, b = self.bag.queued
+        line = (f"dropped {sum(new.values())} messages ({why}: {n} messages, {b / 2**20:.0f} MiB queued, bound "
+                f"{self.bag.max_bytes / 2**20:.0f} MiB; storage too slow?): "
+                + ", ".join(f"{t} {k}" for t, k in new.items())
+                + f"; dropped in all: {sum(dropped.values())}")
+        (self.get_logger().warning if warn else self.get_logger().info)(line)
+
+    def _check_writer(self):
+        """Log drops that happened since the last line, and a writer that failed (disk full...)."""
+        self._log_drops("write queue full", warn=True)
+        if self.bag.error is not None and not self._error_logged:
+            self._error_logged = True
+            self.get_logger().error(f"writing {self.bag_path} failed: {type(self.bag.error).__name__}: "
+                                    f"{self.bag.error}; messages received from now on are dropped")
 
     def counts_line(self) -> str:
-        return ", ".join(f"{t} {self.bag.counts.get(t, 0)}" for t in self.topics)
+        counts = self.bag.counts
+        return ", ".join(f"{t} {counts.get(t, 0)}" for t in self.topics)
 
     def _log_status(self):
         line = self.counts_line()
@@ -131,10 +236,22 @@ class RecorderNode(Node):
             self.get_logger().info(f"recorded: {line}")
 
     def close(self):
-        """Close the bag (metadata.yaml, storage summary); log what was recorded."""
-        self.bag.close()
+        """Write everything queued, close the bag (metadata.yaml, storage summary); log what was
+        recorded, and what was dropped if anything was."""
+        n, b = self.bag.queued
+        if n:
+            self.get_logger().info(f"writing the {n} queued messages ({b / 2**20:.1f} MiB)")
+        try:
+            self.bag.close()
+        except Exception as exc:  # noqa: BLE001 - said in the log; the bag may need `vla-ros bag reindex`
+            self.get_logger().error(f"closing {self.bag_path} failed: {type(exc).__name__}: {exc}")
         total = sum(self.bag.counts.values())
-        self.get_logger().info(f"bag closed: {self.bag_path}, {total} messages: {self.counts_line()}")
+        dropped = {t: k for t, k in self.bag.dropped.items() if k}
+        self.get_logger().info(f"bag closed: {self.bag_path}, {total} messages: {self.counts_line()}; "
+                               + (f"DROPPED {sum(dropped.values())} (write queue full): "
+                                  + ", ".join(f"{t} {k}" for t, k in dropped.items()) if dropped
+                                  else "none dropped")
+                               + f"; write queue peak {self.bag.peak_bytes / 2**20:.1f} MiB")
 
 
 def main(args=None, parameter_overrides=None) -> int:
