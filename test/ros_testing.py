@@ -171,6 +171,21 @@ def call_service(client, request, what: str = "service response", attempt_timeou
                 raise
 
 
+def send_goal(action_client, goal, feedback_callback=None, what: str = "goal response",
+              attempt_timeout: float = 10.0, timeout: float = DEADLINE):
+    """Send a goal and return its handle, sending it again (a new goal id) when no response came
+    within attempt_timeout: the goal response can be lost right after discovery, like a service
+    reply (ros2/rclpy#1123). Only for goals that are safe to repeat."""
+    end = time.monotonic() + timeout
+    while True:
+        future = action_client.send_goal_async(goal, feedback_callback=feedback_callback)
+        try:
+            return wait_future(future, min(attempt_timeout, max(0.0, end - time.monotonic())), what)
+        except AssertionError:
+            if time.monotonic() >= end:
+                raise
+
+
 SHM_GLOBS = ("/dev/shm/fastdds_*", "/dev/shm/sem.fastdds_*", "/dev/shm/fastrtps_*", "/dev/shm/sem.fastrtps_*")
 
 

@@ -6,7 +6,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from builtin_interfaces.msg import Time
 
-from ros_testing import ROOT, python_script, ros_process, spinning_node, wait_for, wait_future
+from ros_testing import ROOT, python_script, ros_process, send_goal, spinning_node, wait_for, wait_future
 from vla_ros.action import ExecuteInstruction
 from vla_ros.msg import ActionChunk
 
@@ -77,8 +77,7 @@ def test_execute_instruction_goal_gets_feedback_and_result(client, peer):
     assert ac.wait_for_server(timeout_sec=60), "action server not discovered"
     feedback = []
     goal = ExecuteInstruction.Goal(instruction="touch the blue cube", timeout=10.0, max_steps=5)
-    handle = wait_future(ac.send_goal_async(goal, feedback_callback=lambda m: feedback.append(m.feedback)),
-                         what="goal response")
+    handle = send_goal(ac, goal, feedback_callback=lambda m: feedback.append(m.feedback))
     assert handle.accepted
     result = wait_future(handle.get_result_async(), what="result").result
     assert result.outcome == ExecuteInstruction.Result.OUTCOME_SUCCEEDED

@@ -152,3 +152,19 @@ def test_killed_policy_server_makes_the_arm_hold_and_is_restarted(robot, tmp_pat
         n = robot.counts()["fwd"]
         wait_for(lambda: robot.counts()["fwd"] > n + 10, what="commands after the restart", process=proc)
         assert proc.alive()
+
+
+def test_the_control_loop_process_holds_no_torch_while_its_policy_server_does(robot, tmp_path):
+    """model.process: server keeps the model out of the node's interpreter entirely: torch is mapped
+    into the policy server process only (importing it cost the node ~5 s of start-up and ~250 MB)."""
+    with start_node(tmp_path, "output.mode:=forward_position") as proc:
+        wait_active(proc)
+        instruct(robot, proc, "touch the red cube")
+        wait_for(lambda: robot.counts()["fwd"] >= 5, what="commands", process=proc)
+        server = int(proc.output().split("policy server pid ")[1].split(")")[0])
+
+        def maps(pid):
+            with open(f"/proc/{pid}/maps") as f:
+                return f.read()
+        assert "libtorch" in maps(server)
+        assert "libtorch" not in maps(proc.proc.pid)

@@ -51,7 +51,7 @@ from vla_ros.ros.telemetry import Telemetry
 from vla_ros.runtime.controller import Controller, ControllerConfig
 from vla_ros.runtime.ee import ROTATION_SIZES
 from vla_ros.runtime.policy_client import InProcessPolicy, PolicyProcess
-from vla_ros.runtime.policy_loader import PolicyLoadError
+from vla_ros.runtime.errors import PolicyLoadError
 from vla_ros.runtime.safety import JointLimits, SafetyFilter, WorkspaceBox
 
 RCLError = _rclpy.RCLError

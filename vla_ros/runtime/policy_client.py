@@ -27,7 +27,7 @@ import numpy as np
 
 from vla_ros.runtime import ipc
 from vla_ros.runtime.controller import Observation
-from vla_ros.runtime.policy_loader import PolicyLoadError
+from vla_ros.runtime.errors import PolicyLoadError
 
 ResultFn = Callable[[Observation, np.ndarray, float], None]      # obs, actions (H, D), latency s
 FailureFn = Callable[[Observation | None, str], None]

@@ -11,10 +11,9 @@ from vla_ros.model.checkpoint import CheckpointError, load_policy
 from vla_ros.model.config import load_preset
 from vla_ros.model.policy import build_policy
 from vla_ros.runtime.engine import InferenceEngine
+from vla_ros.runtime.errors import PolicyLoadError
 
-
-class PolicyLoadError(ValueError):
-    """The model could not be loaded or does not fit the robot; the message says why."""
+__all__ = ["LoadedEngine", "PolicyLoadError", "load_engine"]
 
 
 class LoadedEngine:
