@@ -66,6 +66,10 @@ def main(argv=None) -> int:
     ev.add_argument("--out", "-o", default="eval_closed_loop", help="output directory: report.json, logs/, contact sheets")
     ev.add_argument("--contact-sheets", action="store_true", help="save a contact sheet PNG of each episode's frames")
     ev.add_argument("--json", default=None, help="also copy the report to this file")
+    serve = sub.add_parser("serve", help="serve a checkpoint over openpi's websocket protocol (WebsocketClientPolicy "
+                           "and policy_node's model.server work against it)")
+    from vla_ros.runtime.remote_server import add_serve_arguments
+    add_serve_arguments(serve)
     argv = list(sys.argv[1:] if argv is None else argv)
     # Training and evaluation import torch (seconds): their options load only when used.
     train_p = sub.add_parser("train", help="train a policy by behaviour cloning on episode bags")
@@ -98,6 +102,9 @@ def main(argv=None) -> int:
         return _collect(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "serve":
+        from vla_ros.runtime.remote_server import run_serve_cli
+        return run_serve_cli(args)
     if args.command == "train":
         from vla_ros.training import run_train_cli
         return run_train_cli(args)
