@@ -76,7 +76,8 @@ class RemoteEngine:
         headers = {"Authorization": f"Api-Key {self.token}"} if self.token else None
         try:
             ws = connect(self.uri, compression=None, max_size=None, additional_headers=headers,
-                         open_timeout=self.connect_timeout, close_timeout=1.0)
+                         open_timeout=self.connect_timeout, close_timeout=1.0,
+                         legacy=True)  # a long-lived connection, not a `with` block (websockets >= 17.1)
         except websockets.InvalidStatus as exc:
             raise ConnectionError(f"the server refused the connection ({exc})") from exc
         except (websockets.InvalidURI, websockets.InvalidHandshake) as exc:
