@@ -39,7 +39,7 @@ train-demo: setup  ## collect expert demonstrations in the sim and train checkpo
 	@echo "checkpoints/sim_demo updated; run make demo to evaluate it"
 
 bench: setup  ## run the benchmarks (tables printed, JSON in benchmarks/results/)
-	@$(ENV) && python benchmarks/image_latency.py && python benchmarks/model_latency.py && python benchmarks/node_latency.py && python benchmarks/record_throughput.py
+	@$(ENV) && python benchmarks/image_latency.py && python benchmarks/model_latency.py && python benchmarks/node_latency.py && python benchmarks/remote_latency.py && python benchmarks/record_throughput.py
 
 colcon-check: setup  ## colcon list + colcon build of this repository in a scratch workspace, then run a node from it
 	@$(ENV) && scripts/colcon_check.sh

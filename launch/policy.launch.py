@@ -20,6 +20,10 @@ ARGUMENTS = [
     ("robot", "sim_panda", "Robot configuration: the name of a file config/robots/<robot>.yaml."),
     ("model", "tiny", "Model preset from config/models/, used when no checkpoint is given."),
     ("checkpoint", "", "Checkpoint directory (model.safetensors, config.json, normalization.json)."),
+    ("model_server", "", "A remote policy server (openpi's websocket protocol), e.g. ws://gpu-box:8000, used instead "
+     "of a local model; empty: the local model."),
+    ("server_mapping", "vla_ros", "With model_server: how the robot's inputs and actions map onto the server's "
+     "(a name in config/remote/ or a file)."),
     ("namespace", "", "Namespace for the policy node and its relative topics."),
     ("use_sim_time", "false", "Use /clock (simulation or bag replay) instead of the wall clock."),
     ("dry_run", "false", "Publish action chunks only; command nothing."),
@@ -46,6 +50,7 @@ def generate_launch_description():
         package="vla_ros", executable="policy_node", name="policy_node", namespace=cfg["namespace"],
         output="screen",
         parameters=[params_file, {"model.preset": cfg["model"], "model.checkpoint": cfg["checkpoint"],
+                                  "model.server": cfg["model_server"], "model.server_mapping": cfg["server_mapping"],
                                   "use_sim_time": cfg["use_sim_time"], "dry_run": cfg["dry_run"]}],
         # Jazzy's rcl does not remap action names (ros2/ros2#1312; ros2/rcl#1170 came later), so the
         # action's own topics and services are remapped as well; newer distros honour either rule.

@@ -2,6 +2,8 @@
 
     ros2 launch vla_ros sim.launch.py                       # shipped demo checkpoint
     ros2 launch vla_ros sim.launch.py seed:=7 family:=push record:=true output_dir:=/tmp/bags
+    vla-ros serve --checkpoint checkpoints/sim_demo &       # the policy served over openpi's protocol ...
+    ros2 launch vla_ros sim.launch.py model_server:=ws://127.0.0.1:8000   # ... and the node as its client
 
 The simulator is the clock (/clock); the policy node runs on simulated time with
 config/robots/sim_panda.yaml (end-effector deltas sent as TwistStamped, gripper through
@@ -25,6 +27,9 @@ from launch_ros.substitutions import FindPackageShare
 
 ARGUMENTS = [
     ("checkpoint", "", "Policy checkpoint directory; empty: the shipped demo checkpoint (share/vla_ros/checkpoints/sim_demo)."),
+    ("model_server", "", "A remote policy server instead of the local checkpoint, e.g. ws://127.0.0.1:8000 "
+     "(vla-ros serve --checkpoint checkpoints/sim_demo); empty: the checkpoint runs in the policy node's server process."),
+    ("server_mapping", "vla_ros", "With model_server: config/remote/<name>.yaml or a file (vla_ros: our own server)."),
     ("robot", "sim_panda", "Policy node configuration config/robots/<robot>.yaml (sim_panda or sim_panda_joint)."),
     ("real_time_factor", "1.0", "Simulation speed over wall-clock time; 0: as fast as possible."),
     ("seed", "0", "Seed of the first episode (scene and task)."),
@@ -52,7 +57,8 @@ def generate_launch_description():
     policy = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(PathJoinSubstitution([FindPackageShare("vla_ros"), "launch",
                                                             "policy.launch.py"])),
-        launch_arguments={"robot": cfg["robot"], "checkpoint": checkpoint,
+        launch_arguments={"robot": cfg["robot"], "checkpoint": checkpoint, "model_server": cfg["model_server"],
+                          "server_mapping": cfg["server_mapping"],
                           "use_sim_time": "true", "dry_run": cfg["dry_run"], "log_level": cfg["log_level"],
                           "camera_topic": "front/image_raw", "joint_states_topic": "joint_states",
                           # sim_robot_node serves both actions under these names

@@ -105,7 +105,10 @@ def sim_demo(args) -> int:
     checkpoint = ROOT / "checkpoints" / "sim_demo"
     print(f"[demo] simulated Panda + policy node ({checkpoint.relative_to(ROOT)}): {args.episodes} episodes per "
           f"task family {args.families}, unseen scenes (seeds from {args.seed})", flush=True)
+    if args.server:
+        print(f"[demo] the policy node is the client of the policy server at {args.server}", flush=True)
     return vla_ros_cli(["eval", "--checkpoint", str(checkpoint), "--episodes", str(args.episodes),
+                        *(["--server", args.server] if args.server else []),
                         "--families", *args.families, "--seed", str(args.seed), "--phrasing", args.phrasing,
                         "--out", args.out, *(["--json", args.json] if args.json else [])])
 
@@ -120,6 +123,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=100_000, help="first episode seed (training used 1000..1599)")
     p.add_argument("--out", default=str(ROOT / "build" / "demo"), help="directory for logs and report.json")
     p.add_argument("--json", help="write the report (or the smoke summary) to this file")
+    p.add_argument("--server", default="", help="use a running policy server (e.g. `vla-ros serve --checkpoint "
+                   "checkpoints/sim_demo` -> ws://127.0.0.1:8000) instead of loading the checkpoint in the node")
     args = p.parse_args()
     return smoke(args) if args.smoke else sim_demo(args)
 

@@ -46,6 +46,8 @@ log "installing Python packages (requirements/dev.txt)"
 "${PIP[@]}" install -q -r "$ROOT/requirements/dev.txt" 2>&1 | grep -vE "is ignored|^$" || true
 "${PIP[@]}" install -q -r "$ROOT/requirements/dev.txt" >/dev/null 2>&1 || {
   "${PIP[@]}" install -r "$ROOT/requirements/dev.txt"; exit 1; }
+# Packages whose declared requirements conflict with ours (see the file for why each is safe).
+"${PIP[@]}" install -q --no-deps -r "$ROOT/requirements/no-deps.txt"
 
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 

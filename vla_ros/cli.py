@@ -66,6 +66,13 @@ def main(argv=None) -> int:
     ev.add_argument("--out", "-o", default="eval_closed_loop", help="output directory: report.json, logs/, contact sheets")
     ev.add_argument("--contact-sheets", action="store_true", help="save a contact sheet PNG of each episode's frames")
     ev.add_argument("--json", default=None, help="also copy the report to this file")
+    ev.add_argument("--server", default="", help="run the policy node against this remote policy server "
+                    "(ws://host:port, e.g. vla-ros serve) instead of loading --checkpoint itself")
+    ev.add_argument("--server-mapping", default="vla_ros", help="with --server: config/remote/<name>.yaml or a file")
+    serve = sub.add_parser("serve", help="serve a checkpoint over openpi's websocket protocol (WebsocketClientPolicy "
+                           "and policy_node's model.server work against it)")
+    from vla_ros.runtime.remote_server import add_serve_arguments
+    add_serve_arguments(serve)
     argv = list(sys.argv[1:] if argv is None else argv)
     # Training and evaluation import torch (seconds): their options load only when used.
     train_p = sub.add_parser("train", help="train a policy by behaviour cloning on episode bags")
@@ -98,6 +105,9 @@ def main(argv=None) -> int:
         return _collect(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "serve":
+        from vla_ros.runtime.remote_server import run_serve_cli
+        return run_serve_cli(args)
     if args.command == "train":
         from vla_ros.training import run_train_cli
         return run_train_cli(args)
@@ -144,6 +154,7 @@ def _eval(args) -> int:
     report = evaluate(args.checkpoint, families=tuple(args.families), episodes=args.episodes, seed=args.seed,
                       phrasing=args.phrasing, timeout=args.timeout, real_time_factor=args.real_time_factor,
                       params_file=args.params_file, out_dir=args.out, contact_sheets=args.contact_sheets,
+                      server=args.server, server_mapping=args.server_mapping,
                       log=lambda line: print(line, flush=True))  # progress shows at once through pipes too
     print()
     print(format_table(report))

@@ -150,13 +150,14 @@ def contact_sheet(frames: list[np.ndarray], path: Path, columns: int = 8, max_fr
 def evaluate(checkpoint: str, families=("touch", "push"), episodes: int = 50, seed: int = 100_000,
              phrasing: str = "train", timeout: float = 12.0, real_time_factor: float = 1.0,
              params_file: str | None = None, out_dir: str | None = None, contact_sheets: bool = False,
-             log=print) -> dict:
+             log=print, server: str = "", server_mapping: str = "vla_ros") -> dict:
     """Run ``episodes`` closed-loop episodes per family; returns the report (also JSON in out_dir)."""
     params_file = params_file or str(share_dir() / "config" / "robots" / "sim_panda.yaml")
     out = Path(out_dir or "eval_closed_loop")
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
-    graph = Graph(str(Path(checkpoint).resolve()), params_file, real_time_factor, out / "logs")
+    remote = {"model.server": server, "model.server_mapping": server_mapping} if server else None
+    graph = Graph(str(Path(checkpoint).resolve()), params_file, real_time_factor, out / "logs", remote)
     rclpy.init()
     driver = EpisodeDriver()
     executor = SingleThreadedExecutor()
@@ -172,7 +173,8 @@ def evaluate(checkpoint: str, families=("touch", "push"), episodes: int = 50, se
                 raise TimeoutError("the sim robot's reset service or the policy's action server never appeared; "
                                    f"see the logs in {out / 'logs'}")
             time.sleep(0.05)
-        log(f"graph up in {time.monotonic() - t_start:.1f} s: sim_robot_node + policy_node ({checkpoint})")
+        log(f"graph up in {time.monotonic() - t_start:.1f} s: sim_robot_node + policy_node "
+            f"({f'remote server {server}' if server else checkpoint})")
         for family in families:
             for i in range(episodes):
                 ep_seed = seed + i
@@ -227,7 +229,7 @@ def evaluate(checkpoint: str, families=("touch", "push"), episodes: int = 50, se
                            "success_rate": round(len(ok) / len(eps), 4) if eps else None,
                            "mean_sim_seconds_success": round(float(np.mean([e["sim_seconds"] for e in ok])), 2)
                            if ok else None}
-    report = {"checkpoint": str(checkpoint), "phrasing": phrasing, "seed": seed, "episodes_per_family": episodes,
+    report = {"checkpoint": str(checkpoint), "server": server or None, "phrasing": phrasing, "seed": seed, "episodes_per_family": episodes,
               "timeout_sim_seconds": timeout, "real_time_factor": real_time_factor, "params_file": params_file,
               "wall_seconds": round(time.monotonic() - t_start, 1), "summary": summary, "episodes": results}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -48,6 +48,23 @@ SPEC: dict[str, tuple[Parameter.Type, Any, str, dict]] = {
                       "inference never holds the control loop's interpreter) or in_process (a thread of the node; "
                       "for tests and boards where a second process is not possible: the control rate jitters).",
                       {"choices": ("server", "in_process")}),
+    "model.server": (Parameter.Type.STRING, "",
+                     "A remote policy server speaking openpi's websocket protocol (vla-ros serve, openpi's "
+                     "serve_policy.py, ...), e.g. ws://gpu-box:8000, used instead of a local model. Empty: the "
+                     "local model (model.checkpoint). The websocket client runs in the node's policy server "
+                     "process (model.process must be server); unreachable at configure: configure fails.", {}),
+    "model.server_mapping": (Parameter.Type.STRING, "vla_ros",
+                             "With model.server: how the robot's cameras, joint states and instruction fill the "
+                             "server's observation keys and how its actions map onto the robot's action space. "
+                             "A file path, or a name in config/remote/ (vla_ros, droid, libero).", {}),
+    "model.server_token_env": (Parameter.Type.STRING, "",
+                               "With model.server: name of an environment variable holding the server's shared "
+                               "token (sent as 'Authorization: Api-Key <token>'); empty: no token. The token "
+                               "itself is never a parameter (parameters can be read by anyone on the graph).", {}),
+    "model.server_timeout": (Parameter.Type.DOUBLE, 5.0,
+                             "With model.server: seconds to connect and receive the server's metadata (configure, "
+                             "reconnects). A request without an answer for 3 x control.inference_timeout drops "
+                             "the connection and reconnects.", {"range": (0.1, 600.0)}),
     "model.seed": (Parameter.Type.INTEGER, 0, "Seed for sampling decoders (flow matching).", {"range": (0, 2**31 - 1)}),
     # -- inputs --------------------------------------------------------------------------
     "cameras.names": (Parameter.Type.STRING_ARRAY, ["front"],
@@ -175,6 +192,22 @@ class PolicyNodeParams:
         return self.values[name]
 
 
+def resolve_mapping(value: str) -> str:
+    """A mapping name (config/remote/<name>.yaml) or a path -> an existing file's path."""
+    from pathlib import Path
+
+    from vla_ros.share import share_dirs
+    if "/" not in value and not value.endswith((".yaml", ".yml")):
+        for d in share_dirs():
+            f = d / "config" / "remote" / f"{value}.yaml"
+            if f.is_file():
+                return str(f)
+        raise ParameterError(f"parameter 'model.server_mapping' is {value!r}: no config/remote/{value}.yaml found")
+    if not Path(value).is_file():
+        raise ParameterError(f"parameter 'model.server_mapping' is {value!r}: no such file")
+    return value
+
+
 def read(node) -> PolicyNodeParams:
     """Read and validate every parameter; raise ParameterError naming the first bad one."""
     v = {name: node.get_parameter(name).value for name in SPEC}
@@ -185,6 +218,13 @@ def read(node) -> PolicyNodeParams:
             lo, hi = extra["range"]
             if not (lo <= v[name] <= hi):
                 raise ParameterError(f"parameter '{name}' is {v[name]!r}; expected a value in [{lo}, {hi}]")
+    if v["model.server"]:
+        if not v["model.server"].startswith(("ws://", "wss://")):
+            raise ParameterError(f"parameter 'model.server' is {v['model.server']!r}; expected ws://host:port")
+        if v["model.process"] != "server":
+            raise ParameterError("parameter 'model.process' is 'in_process' but model.server is set: the "
+                                 "websocket client runs in the policy server process (model.process: server)")
+        v["model.server_mapping"] = resolve_mapping(v["model.server_mapping"])
     names = list(v["joints.names"])
     if not names or any(not n for n in names):
         raise ParameterError(f"parameter 'joints.names' is {names!r}; give the robot's joint names "

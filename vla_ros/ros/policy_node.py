@@ -27,6 +27,7 @@ Parameters: see vla_ros/ros/params.py (and `ros2 param describe`); only dry_run 
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -118,6 +119,8 @@ class PolicyNode(LifecycleNode):
         self.loop = ControlLoop(self, self.controller, p, self.output, self.gripper, self.telemetry)
         self.loop.start()
         where = (f"policy server pid {self.policy.pid}" if p["model.process"] == "server" else "in process")
+        if p["model.server"]:
+            where = f"through policy server pid {self.policy.pid}, mapping {p['model.server_mapping']}"
         self.get_logger().info(
             f"configured: {len(self.cams)} camera(s) {self.cams}, {len(self.joint_names)} joints, "
             f"action space {p['action_space']}, output {p['output.mode']}{' (dry run)' if p['dry_run'] else ''}, "
@@ -203,6 +206,15 @@ class PolicyNode(LifecycleNode):
                     state_names=list(p["joints.names"]), camera_names=list(p["cameras.names"]),
                     device=p["model.device"], dtype=p["model.dtype"], compile=p["model.compile"],
                     seed=p["model.seed"], threads=p["model.threads"])
+        if p["model.server"]:
+            token_env = p["model.server_token_env"]
+            token = os.environ.get(token_env, "") if token_env else ""
+            if token_env and not token:
+                raise PolicyLoadError(f"model.server_token_env names {token_env!r}, which is empty or unset")
+            timeout = p["model.server_timeout"]
+            load.update(server=p["model.server"], mapping=p["model.server_mapping"], token=token,
+                        connect_timeout=timeout, request_timeout=3.0 * p["control.inference_timeout"],
+                        period=1.0 / p["control.rate"], action_space=p["action_space"])
         cls = PolicyProcess if p["model.process"] == "server" else InProcessPolicy
         self.policy = cls(load, self._on_chunk, self._on_inference_failure, self.log)
         try:

@@ -74,3 +74,23 @@ def load_engine(checkpoint: str, preset: str, action_names: Sequence[str] | None
     except (RuntimeError, ValueError) as exc:
         raise PolicyLoadError(f"could not prepare the model for inference on {device}/{dtype}: {exc}") from exc
     return LoadedEngine(engine, cfg)
+
+
+def load_engine_for_checkpoint(checkpoint: str, preset: str = "tiny", device: str = "auto", dtype: str = "float32",
+                               compile: bool = False, seed: int = 0, warmup: int = 2,
+                               log: Callable[[str], None] = print) -> LoadedEngine:
+    """Load a checkpoint as it is, with no robot to fit (vla-ros serve: clients check the metadata)."""
+    try:
+        if checkpoint:
+            policy = load_policy(checkpoint, device="cpu")
+        else:
+            log(f"no checkpoint: serving preset '{preset}' with UNTRAINED weights (smoke tests only)")
+            policy = build_policy(load_preset(preset))
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise PolicyLoadError(str(exc)) from exc
+    try:
+        engine = InferenceEngine(policy, device=device, dtype=dtype, compile=compile, seed=seed)
+        engine.warmup(warmup)
+    except (RuntimeError, ValueError) as exc:
+        raise PolicyLoadError(f"could not prepare the model for inference on {device}/{dtype}: {exc}") from exc
+    return LoadedEngine(engine, policy.config)

@@ -36,13 +36,24 @@ from vla_ros.runtime import ipc
 
 
 def _load(sock, cfg: dict):
-    import torch
+    from vla_ros.runtime.errors import PolicyLoadError
 
-    from vla_ros.runtime.policy_loader import PolicyLoadError, load_engine
-
-    if cfg.get("threads", 0) > 0:
+    if cfg.get("threads", 0) > 0 and not cfg.get("server"):
+        import torch
         torch.set_num_threads(int(cfg["threads"]))
     t0 = time.perf_counter()
+    if cfg.get("server"):  # a remote policy server: this process is its websocket client
+        from vla_ros.runtime.remote_client import RemoteEngine
+        try:
+            engine = RemoteEngine(cfg, lambda level, text: ipc.send(sock, {"type": "log", "level": level, "text": text}))
+        except PolicyLoadError as exc:
+            ipc.send(sock, {"type": "error", "message": str(exc)})
+            return None
+        ipc.send(sock, {"type": "ready", "action_names": engine.action_names, "state_names": engine.state_names,
+                        "horizon": engine.horizon, "action_dim": engine.action_dim, "device": engine.device,
+                        "load_s": time.perf_counter() - t0, "server_metadata": _plain(engine.metadata)})
+        return engine
+    from vla_ros.runtime.policy_loader import load_engine
     try:
         engine = load_engine(
             checkpoint=cfg["checkpoint"], preset=cfg["preset"], action_names=cfg["action_names"],
@@ -59,6 +70,16 @@ def _load(sock, cfg: dict):
     return engine
 
 
+def _plain(meta: dict) -> dict:
+    """The server's metadata as JSON can carry it (arrays as lists, other values as text)."""
+    out = {}
+    for k, v in meta.items():
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        out[str(k)] = v if isinstance(v, (str, int, float, bool, list, dict, type(None))) else repr(v)
+    return out
+
+
 def serve(sock: socket.socket) -> int:
     msg, _ = ipc.recv(sock)
     if msg.get("type") != "load":
@@ -67,6 +88,15 @@ def serve(sock: socket.socket) -> int:
     engine = _load(sock, msg)
     if engine is None:
         return 2
+    try:
+        return _serve_requests(sock, engine)
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
+
+
+def _serve_requests(sock, engine) -> int:
     buffers: dict[str, ipc.SharedBuffer] = {}
     while True:
         try:
