@@ -136,7 +136,8 @@ class PlayerNode(Node):
             while True:
                 now = time.monotonic()
                 if self.clock_pub is not None and (last_clock is None or now - last_clock >= CLOCK_PERIOD):
-                    self._publish_clock(self.start + int((now - wall0) * self.rate * 1e9))
+                    # never past the message about to be published: its stamp is the next clock
+                    self._publish_clock(min(self.start + int((now - wall0) * self.rate * 1e9), msg.timestamp))
                     last_clock = now
                 left = due - now
                 if left <= 0:
