@@ -14,6 +14,10 @@ Parameters:
   publish_clock        bool      publish rosgraph_msgs/Clock on /clock from the bag time (40 Hz and
                                  before each message), for nodes with use_sim_time
   wait_for_subscribers int       wait until every played topic has at least this many subscribers
+  start_paused         bool      wait for a call of the ~/resume service (std_srvs/Trigger) before
+                                 playing, like `ros2 bag play --start-paused`: a caller can first make
+                                 sure that its own readers have matched (best-effort messages
+                                 published before a reader matched are lost)
 
 Exits 0 at the end of the bag (or on SIGINT/SIGTERM), 2 on invalid parameters or an unreadable bag.
 """
@@ -32,6 +36,7 @@ from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock
+from std_srvs.srv import Trigger
 
 from vla_ros.data.bags import BagError, BagReader
 from vla_ros.ros.bag_common import (PARAM_ERRORS, StopSignal, descriptor, message_class, qos, spin_until_stopped,
@@ -59,6 +64,12 @@ class PlayerNode(Node):
         self.declare_parameter("wait_for_subscribers", 0, descriptor(
             "Wait until each played topic has at least this many subscribers before starting.",
             int_range=(0, 1000)))
+        self.declare_parameter("start_paused", False, descriptor(
+            "Wait for a call of ~/resume (std_srvs/Trigger) before playing.", read_only=True))
+        self.resumed = threading.Event()
+        if not self.get_parameter("start_paused").value:
+            self.resumed.set()
+        self.create_service(Trigger, "~/resume", self._on_resume)
         path = self.get_parameter("bag").value
         if not path:
             raise ValueError("parameter 'bag' is empty: give the bag directory to play")
@@ -112,6 +123,22 @@ class PlayerNode(Node):
             self._clock_ns = bag_ns
             self.clock_pub.publish(Clock(clock=Time(nanoseconds=bag_ns).to_msg()))
 
+    def _on_resume(self, request, response):
+        response.success = not self.resumed.is_set()
+        response.message = "playing" if response.success else "already playing"
+        if response.success:
+            self.get_logger().info("resumed: playing")
+        self.resumed.set()
+        return response
+
+    def _wait_for_resume(self) -> bool:
+        if not self.resumed.is_set():
+            self.get_logger().info("paused: call ~/resume (std_srvs/Trigger) to play")
+        while not self.stop.is_set():
+            if self.resumed.wait(0.05):
+                return True
+        return False
+
     def _wait_for_subscribers(self) -> bool:
         if self.min_subs <= 0:
             return True
@@ -152,7 +179,7 @@ class PlayerNode(Node):
         return True
 
     def play(self) -> None:
-        if not self._wait_for_subscribers():
+        if not self._wait_for_subscribers() or not self._wait_for_resume():
             return
         passes = 0
         while not self.stop.is_set():
