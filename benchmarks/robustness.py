@@ -298,11 +298,15 @@ class Ctx:
         self.t0 = None
         self.marks = {}
 
+    def begin(self):
+        """The kind starts now: its time origin and the command count at its start."""
+        self.t0 = time.monotonic()
+        self.marks["start"] = self.robot.count()
+
     def window(self, seconds=WINDOW):
         """The injection window: measure the command count at its start, after the grace, at its end."""
         r = self.robot
-        self.t0 = time.monotonic()
-        self.marks["start"] = r.count()
+        self.begin()
         if seconds > GRACE:
             time.sleep(GRACE)
             self.marks["grace"] = r.count()
@@ -458,8 +462,7 @@ GIF = b"GIF89a" + struct.pack("<HH", 64, 64) + bytes(64)
 
 def instruction_kind(text):
     def run(ctx):
-        ctx.t0 = time.monotonic()
-        ctx.marks["start"] = ctx.robot.count()
+        ctx.begin()
         for _ in range(3):  # three times in the window: a person re-sending it
             ctx.robot.instruct(text)
             time.sleep(WINDOW / 3)
@@ -475,13 +478,8 @@ def goal_kind(instruction=INSTRUCTION, timeout=0.0, max_steps=0, expect_accept=F
         if not r.execute.wait_for_server(timeout_sec=30):
             return {"error": "no ExecuteInstruction server"}
         goal = ExecuteInstruction.Goal(instruction=instruction, timeout=timeout, max_steps=max_steps)
-        ctx.t0 = time.monotonic()
-        ctx.marks["start"] = r.count()
-        handle = None
-        for _ in range(3):  # a goal response can be lost right after discovery (ros2/rclpy#1123)
-            handle = wait_future(r.execute.send_goal_async(goal), 10.0)
-            if handle is not None:
-                break
+        ctx.begin()
+        handle = send_goal(r, goal)
         out = {"goal_answered": handle is not None}
         if handle is None:
             return out
@@ -519,8 +517,7 @@ def kind_goal_preempted(ctx):
     r = ctx.robot
     if not r.execute.wait_for_server(timeout_sec=30):
         return {"ok": False, "error": "no ExecuteInstruction server"}
-    ctx.t0 = time.monotonic()
-    ctx.marks["start"] = r.count()
+    ctx.begin()
     first = send_goal(r, ExecuteInstruction.Goal(instruction=INSTRUCTION))
     if first is None or not first.accepted:
         return {"ok": False, "error": "first goal not accepted"}
@@ -551,8 +548,7 @@ def kind_signal_mid_goal(sig):
         result = handle.get_result_async()
         commands_flow(r, node, 5, 20.0)
         server = node.server_pid()
-        ctx.t0 = time.monotonic()
-        ctx.marks["start"] = r.count()
+        ctx.begin()
         node.proc.proc.send_signal(sig)  # the node we started, by its pid
         res = wait_future(result, 15.0)
         exited = wait_until(lambda: not node.alive(), 20.0)
@@ -581,8 +577,7 @@ def kind_twin_fjt_server(ctx):
     stale simulator): both would run every goal; the node sends none while there are two."""
     r, node = ctx.robot, ctx.node
     mark = len(node.output())
-    ctx.t0 = time.monotonic()
-    ctx.marks["start"] = r.count()
+    ctx.begin()
     twin = FjtServer(r, "robustness_fjt_twin")
     try:
         # Goals sent before the node has discovered the twin reach both: judge from the moment it says so.
@@ -633,8 +628,7 @@ def kind_estop(ctx):
     r = ctx.robot
     if not r.estop.wait_for_service(timeout_sec=10):
         return {"ok": False, "error": "no estop service"}
-    ctx.t0 = time.monotonic()
-    ctx.marks["start"] = r.count()
+    ctx.begin()
     ok = wait_future(r.estop.call_async(Trigger.Request()), 10.0)
     time.sleep(GRACE)
     ctx.marks["grace"] = r.count()
@@ -661,8 +655,7 @@ def lifecycle_cycles(ctx, n):
     if not r.change_state.wait_for_service(timeout_sec=10):
         return {"ok": False, "error": "no change_state service"}
     answers, quiet = [], []
-    ctx.t0 = time.monotonic()
-    ctx.marks["start"] = r.count()
+    ctx.begin()
     for _ in range(n):
         answers.append(change(ctx, Transition.TRANSITION_DEACTIVATE))
         time.sleep(0.4)
@@ -678,8 +671,7 @@ def kind_second_deactivate(ctx):
     r = ctx.robot
     if not r.change_state.wait_for_service(timeout_sec=10):
         return {"ok": False, "error": "no change_state service"}
-    ctx.t0 = time.monotonic()
-    ctx.marks["start"] = r.count()
+    ctx.begin()
     first = change(ctx, Transition.TRANSITION_DEACTIVATE)
     second = change(ctx, Transition.TRANSITION_DEACTIVATE)
     time.sleep(GRACE)
@@ -694,8 +686,7 @@ def kind_kill_policy_server(ctx):
     pid = ctx.node.server_pid()
     if pid is None:
         return {"ok": False, "error": "no 'policy server pid N' line"}
-    ctx.t0 = time.monotonic()
-    ctx.marks["start"] = ctx.robot.count()
+    ctx.begin()
     os.kill(pid, signal.SIGKILL)  # the node's own child: its pid is in the node's log
     time.sleep(GRACE)
     ctx.marks["grace"] = ctx.robot.count()

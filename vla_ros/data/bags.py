@@ -88,13 +88,18 @@ def _prefixes(prefixes: Sequence[str] | None = None) -> list[str]:
     return list(prefixes)
 
 
-def _find_msg_file(msgtype: str, prefixes: Sequence[str]) -> Path | None:
-    pkg, kind, name = _split_type(msgtype)
+def _installed_file(pkg: str, kind: str, filename: str, prefixes: Sequence[str]) -> Path | None:
+    """The first `<prefix>/share/<pkg>/<kind>/<filename>` that exists."""
     for prefix in prefixes:
-        path = Path(prefix) / "share" / pkg / kind / f"{name}.msg"
+        path = Path(prefix) / "share" / pkg / kind / filename
         if path.is_file():
             return path
     return None
+
+
+def _find_msg_file(msgtype: str, prefixes: Sequence[str]) -> Path | None:
+    pkg, kind, name = _split_type(msgtype)
+    return _installed_file(pkg, kind, f"{name}.msg", prefixes)
 
 
 def _split_type(msgtype: str) -> tuple[str, str, str]:
@@ -119,11 +124,7 @@ def _type_description_file(msgtype: str, prefixes: Sequence[str]) -> Path | None
     names are CamelCase, so the interface of a derived type is its name up to the first "_".
     """
     pkg, kind, name = _split_type(msgtype)
-    for prefix in prefixes:
-        path = Path(prefix) / "share" / pkg / kind / f"{name.split('_')[0]}.json"
-        if path.is_file():
-            return path
-    return None
+    return _installed_file(pkg, kind, f"{name.split('_')[0]}.json", prefixes)
 
 
 def _type_description(msgtype: str, prefixes: Sequence[str]) -> tuple[dict, dict] | None:

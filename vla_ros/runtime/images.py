@@ -287,6 +287,7 @@ def decode_compressed(format: str, data) -> np.ndarray:  # noqa: A002 - ROS fiel
 
 
 _CAPTURE_LOCK = threading.Lock()
+_SINK: int | None = None
 _CODEC_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file", "libpng warning")
 
 
@@ -301,13 +302,16 @@ def _codec_messages():
     pipe: a writer can never block on it), and afterwards anything that is not a codec warning (a
     log line another thread wrote meanwhile) is written back to the real stderr. About 20 us.
     """
+    global _SINK
     lines: list[str] = []
     with _CAPTURE_LOCK:
-        try:
-            sink = os.memfd_create("vla_ros_codec_messages", os.MFD_CLOEXEC)
-        except (AttributeError, OSError):  # pragma: no cover - not Linux: leave stderr alone
-            yield lines
-            return
+        if _SINK is None:  # one in-memory file for the process's life, emptied after each use
+            try:
+                _SINK = os.memfd_create("vla_ros_codec_messages", os.MFD_CLOEXEC)
+            except (AttributeError, OSError):  # pragma: no cover - not Linux: leave stderr alone
+                yield lines
+                return
+        sink = _SINK
         saved = os.dup(2)
         try:
             os.dup2(sink, 2)
@@ -326,9 +330,10 @@ def _codec_messages():
                         other.append(line)
                 if other:
                     os.write(2, "".join(other).encode())
+                os.ftruncate(sink, 0)
+                os.lseek(sink, 0, os.SEEK_SET)  # (fd 2 shared the offset while it pointed here)
         finally:
             os.close(saved)
-            os.close(sink)
 
 
 def encode_compressed(rgb: np.ndarray, format: str = "jpeg", quality: int = 90) -> bytes:  # noqa: A002
