@@ -25,7 +25,7 @@ class ControlLoop:
     def __init__(self, node, controller: Controller, p, output, gripper, telemetry):
         self.node, self.controller, self.p = node, controller, p
         self.output, self.gripper, self.telemetry = output, gripper, telemetry
-        self.period = 1.0 / p["control.rate"]
+        self.period = 1.0 / p.control.rate
         self.lock = threading.Lock()
         self._held = True                        # no command since the last hold
         self._stop = threading.Event()
@@ -57,7 +57,7 @@ class ControlLoop:
     def _run(self) -> None:
         c, log = self.controller, self.node.get_logger()
         sim_time = self.node.get_parameter("use_sim_time").value
-        priority = self.p["control.realtime_priority"]
+        priority = self.p.control.realtime_priority
         if priority > 0:
             try:
                 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # this thread only (Linux)
@@ -104,7 +104,7 @@ class ControlLoop:
         action = r.action
         if self.gripper is not None:
             self.gripper.send(float(action[-1]))
-            if self.p["action_space"] == "ee_delta":
+            if self.p.action_space == "ee_delta":
                 action = action[:-1]
         why = self.output.send(action, r.tick)
         if why is not None:

@@ -45,16 +45,16 @@ class Inputs:
         self.node, self.controller, self.p = node, controller, p
         self.state_names = list(state_names)
         self.on_frame = on_frame
-        self.cams = list(p["cameras.names"])
-        self.matcher = JointStateMatcher(list(p["joints.names"]))
-        self.lower, self.upper = np.asarray(p["joints.lower"], float), np.asarray(p["joints.upper"], float)
+        self.cams = list(p.cameras.names)
+        self.matcher = JointStateMatcher(list(p.joints.names))
+        self.lower, self.upper = np.asarray(p.joints.lower, float), np.asarray(p.joints.upper, float)
         self.joint_dict = {}   # joint name -> latest position, for the arm joints and the model's state
-        self.wanted = set(p["joints.names"]) | set(self.state_names)
+        self.wanted = set(p.joints.names) | set(self.state_names)
         self._image_problem: set[str] = set()  # cameras whose last frame was refused
-        self.limits = ImageLimits(max_width=p["cameras.max_width"], max_height=p["cameras.max_height"],
-                                  min_side=p["cameras.min_side"])
+        self.limits = ImageLimits(max_width=p.cameras.max_width, max_height=p.cameras.max_height,
+                                  min_side=p.cameras.min_side)
         n, subs = node, []
-        for cam, transport in zip(self.cams, p["cameras.transports"]):
+        for cam, transport in zip(self.cams, p.cameras.transports):
             if transport == "compressed":
                 subs.append(n.create_subscription(CompressedImage, f"{cam}/image_raw/compressed",
                                                   lambda m, c=cam: self._on_image(c, m, compressed_to_rgb),
@@ -93,10 +93,10 @@ class Inputs:
             self.node.clear_once(f"image:{cam}:")
         stamp, now = msg.header.stamp, self._now()
         t = stamp.sec + stamp.nanosec * 1e-9
-        if t == 0.0 or abs(now - t) > self.p["cameras.max_stamp_offset"]:
+        if t == 0.0 or abs(now - t) > self.p.cameras.max_stamp_offset:
             self.node.get_logger().warning(
                 f"camera '{cam}': refused a frame stamped {t:.3f}, {now - t:+.3f} s from the node's clock "
-                f"(cameras.max_stamp_offset {self.p['cameras.max_stamp_offset']:g} s; is the camera on another "
+                f"(cameras.max_stamp_offset {self.p.cameras.max_stamp_offset:g} s; is the camera on another "
                 "clock, or use_sim_time wrong?)", throttle_duration_sec=5.0)
             return
         self.controller.feed_image(cam, rgb, t, now, stamp)
@@ -108,7 +108,7 @@ class Inputs:
     def set_instruction(self, text: str, source: str) -> str | None:
         """Validate and follow the instruction; return an error text when refused."""
         text = text.strip()
-        problem = instruction_problem(text, self.p["instruction.max_length"])
+        problem = instruction_problem(text, self.p.instruction.max_length)
         if problem:
             err = f"refused an instruction from the {source}: it {problem}"
         else:
@@ -145,7 +145,7 @@ class Inputs:
         if not np.all(np.isfinite(pos)):
             log_once("nan_joints", f"joint_states has non-finite positions {pos.tolist()}; holding")
             return
-        margin = self.p["joint_states.limit_margin"]
+        margin = self.p.joint_states.limit_margin
         outside = (pos < self.lower - margin) | (pos > self.upper + margin)
         if np.any(outside):
             bad = {self.matcher.joint_names[i]: round(float(pos[i]), 4) for i in np.flatnonzero(outside)}

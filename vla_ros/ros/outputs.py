@@ -71,7 +71,7 @@ class Output:
 
     def __init__(self, node, p, safety: SafetyFilter, log_once, current: Callable[[], np.ndarray | None]):
         self.node, self.p, self.safety, self.log_once, self.current = node, p, safety, log_once, current
-        self.period = 1.0 / p["control.rate"]
+        self.period = 1.0 / p.control.rate
         self.entities = []  # what destroy() removes from the node
 
     def destroy(self) -> None:
@@ -100,8 +100,8 @@ class JointOutput(Output):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.joint_names = list(self.p["joints.names"])
-        self.commander = JointCommander(self.safety, self.p["action_space"])
+        self.joint_names = list(self.p.joints.names)
+        self.commander = JointCommander(self.safety, self.p.action_space)
 
     def send(self, action, tick):
         current = self.current()
@@ -183,11 +183,11 @@ class FollowJointTrajectoryOutput(JointOutput):
         self.sent_tick = -10**9
 
     def publish(self, cmd, tick, current):
-        ticks_left = self.sent_tick + self.p["output.trajectory_points"] - tick
+        ticks_left = self.sent_tick + self.p.output.trajectory_points - tick
         if self.chunk_count() == self.sent_chunk and ticks_left > 2:
             return
         ahead = []
-        for k in range(1, self.p["output.trajectory_points"]):
+        for k in range(1, self.p.output.trajectory_points):
             a = self.peek(tick + k)
             if a is None:
                 break
@@ -265,9 +265,9 @@ class TwistOutput(Output):
         self.entities.append(lambda: self.node.destroy_publisher(self.pub))
 
     def ee_twist(self, action) -> tuple[np.ndarray | None, str]:
-        twist = delta_to_twist(action, self.period, self.p["ee.rotation"])
-        res = self.safety.filter_twist(twist.linear, twist.angular, self.p["ee.max_linear_velocity"],
-                                       self.p["ee.max_angular_velocity"])
+        twist = delta_to_twist(action, self.period, self.p.ee.rotation)
+        res = self.safety.filter_twist(twist.linear, twist.angular, self.p.ee.max_linear_velocity,
+                                       self.p.ee.max_angular_velocity)
         return res.command, "; ".join(res.reasons)
 
     def send(self, action, tick):
@@ -283,7 +283,7 @@ class TwistOutput(Output):
     def publish_twist(self, linear, angular):
         msg = TwistStamped()
         msg.header.stamp = self.node.get_clock().now().to_msg()
-        msg.header.frame_id = self.p["ee.frame"]
+        msg.header.frame_id = self.p.ee.frame
         msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(v) for v in linear)
         msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = (float(v) for v in angular)
         self.pub.publish(msg)
@@ -325,7 +325,7 @@ class PoseOutput(TwistOutput):
             return "; ".join(res.reasons)
         msg = PoseStamped()
         msg.header.stamp = self.node.get_clock().now().to_msg()
-        msg.header.frame_id = self.p["ee.frame"]
+        msg.header.frame_id = self.p.ee.frame
         c = [float(v) for v in res.command]
         msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = c[:3]
         msg.pose.orientation.w, msg.pose.orientation.x, msg.pose.orientation.y, msg.pose.orientation.z = c[3:]
@@ -350,23 +350,23 @@ class GripperOutput:
         self.client.destroy()
 
     def send(self, value: float) -> None:
-        want_open = value > self.p["gripper.threshold"]
+        want_open = value > self.p.gripper.threshold
         if want_open == self.state:
             return
         if not self.client.server_is_ready():
             self.log_once("gripper_missing", "GripperCommand server 'gripper_command' is not available", "error")
             return
         self.state = want_open
-        pos = self.p["gripper.open_position"] if want_open else self.p["gripper.closed_position"]
+        pos = self.p.gripper.open_position if want_open else self.p.gripper.closed_position
         self.node.get_logger().info(f"gripper: {'open' if want_open else 'close'} (model output {value:.2f})")
         goal = GripperCommand.Goal()
-        goal.command.position, goal.command.max_effort = pos, self.p["gripper.max_effort"]
+        goal.command.position, goal.command.max_effort = pos, self.p.gripper.max_effort
         self.outbox.put(goal)
 
 
 def make_output(node, p, safety, log_once, current, peek, chunk_count, feed, callback_group=None) -> Output:
     """The output for `output.mode` (parameters were validated: the mode fits the action space)."""
-    mode = p["output.mode"]
+    mode = p.output.mode
     args = (node, p, safety, log_once, current)
     if mode == "follow_joint_trajectory":
         return FollowJointTrajectoryOutput(*args, peek, chunk_count, callback_group)

@@ -1,175 +1,41 @@
-"""The policy node's parameters: declared once, typed, with descriptions and ranges.
+"""Node parameters declared from one table per node, read into typed, frozen attributes.
 
-Every parameter is declared from the table below with its type, default, description and
-(for numbers) range, as ros2_controllers' generate_parameter_library does; values are read
-into a frozen `PolicyNodeParams`, and any invalid value raises `ParameterError` with one
-message that names the parameter and the value. Nothing is parsed from strings.
+A node's SPEC maps each parameter name to (type, default, description, extra), as
+ros2_controllers' generate_parameter_library does with its YAML; extra may hold
+range=(lo, hi), choices=(...) and live=True (the one kind of parameter that may change while
+the node runs; every other one is read-only once declared). A default of None declares the
+parameter with its type and no value. `declare` declares the table on a node, `read` returns
+its values as nested frozen attributes (`p.control.rate` for "control.rate") or raises
+`ParameterError` naming the parameter and its value;
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import fields, make_dataclass
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterValueException,
+                               ParameterUninitializedException)
 from rclpy.parameter import Parameter
 
-ACTION_SPACES = ("joint_position", "joint_delta", "ee_delta")
-OUTPUT_MODES = ("follow_joint_trajectory", "joint_trajectory", "forward_position", "twist", "pose")
-ROTATIONS = ("axis_angle", "euler", "quaternion")
-TRANSPORTS = ("raw", "compressed")
-ENSEMBLE_MODES = ("ensemble", "latest")
-INF = float("inf")
+Spec = dict[str, tuple[Parameter.Type, Any, str, dict]]
+T = Parameter.Type
+# What rclpy raises for a value of the wrong type or outside a declared range (--params-file, -p).
+PARAM_ERRORS = (InvalidParameterTypeException, InvalidParameterValueException)
+_PY_TYPES = {T.BOOL: bool, T.INTEGER: int, T.DOUBLE: float, T.STRING: str, T.BYTE_ARRAY: tuple,
+             T.BOOL_ARRAY: tuple, T.INTEGER_ARRAY: tuple, T.DOUBLE_ARRAY: tuple, T.STRING_ARRAY: tuple}
 
 
 class ParameterError(ValueError):
     """An invalid parameter value; the message names the parameter."""
 
 
-# name: (type, default, description, extra) where extra may hold range=(lo, hi) or choices=(...)
-SPEC: dict[str, tuple[Parameter.Type, Any, str, dict]] = {
-    # -- model ---------------------------------------------------------------------------
-    "model.checkpoint": (Parameter.Type.STRING, "",
-                         "Directory of a vla_ros checkpoint (model.safetensors + config.json + "
-                         "normalization.json). Empty: build `model.preset` with untrained weights "
-                         "(smoke tests only; the node logs a warning).", {}),
-    "model.preset": (Parameter.Type.STRING, "tiny",
-                     "Model preset from config/models/ used when model.checkpoint is empty.", {}),
-    "model.device": (Parameter.Type.STRING, "auto", "Inference device: auto (CUDA when present), cpu or cuda.",
-                     {"choices": ("auto", "cpu", "cuda")}),
-    "model.dtype": (Parameter.Type.STRING, "float32", "Inference precision; bfloat16/float16 autocast on GPU.",
-                    {"choices": ("float32", "bfloat16", "float16")}),
-    "model.compile": (Parameter.Type.BOOL, False, "torch.compile the model at configure time.", {}),
-    "model.threads": (Parameter.Type.INTEGER, 0,
-                      "CPU threads for torch (torch.set_num_threads); 0 keeps torch's default. 1 is often "
-                      "fastest on small shared boards.", {"range": (0, 256)}),
-    "model.process": (Parameter.Type.STRING, "server",
-                      "Where the model runs: server (its own process, started and supervised by the node, so "
-                      "inference never holds the control loop's interpreter) or in_process (a thread of the node; "
-                      "for tests and boards where a second process is not possible: the control rate jitters).",
-                      {"choices": ("server", "in_process")}),
-    "model.server": (Parameter.Type.STRING, "",
-                     "A remote policy server speaking openpi's websocket protocol (vla-ros serve, openpi's "
-                     "serve_policy.py, ...), e.g. ws://gpu-box:8000, used instead of a local model. Empty: the "
-                     "local model (model.checkpoint). The websocket client runs in the node's policy server "
-                     "process (model.process must be server); unreachable at configure: configure fails.", {}),
-    "model.server_mapping": (Parameter.Type.STRING, "vla_ros",
-                             "With model.server: how the robot's cameras, joint states and instruction fill the "
-                             "server's observation keys and how its actions map onto the robot's action space. "
-                             "A file path, or a name in config/remote/ (vla_ros, droid, libero).", {}),
-    "model.server_token_env": (Parameter.Type.STRING, "",
-                               "With model.server: name of an environment variable holding the server's shared "
-                               "token (sent as 'Authorization: Api-Key <token>'); empty: no token. The token "
-                               "itself is never a parameter (parameters can be read by anyone on the graph).", {}),
-    "model.server_timeout": (Parameter.Type.DOUBLE, 5.0,
-                             "With model.server: seconds to connect and receive the server's metadata (configure, "
-                             "reconnects). A request without an answer for 3 x control.inference_timeout drops "
-                             "the connection and reconnects.", {"range": (0.1, 600.0)}),
-    "model.seed": (Parameter.Type.INTEGER, 0, "Seed for sampling decoders (flow matching).", {"range": (0, 2**31 - 1)}),
-    # -- inputs --------------------------------------------------------------------------
-    "cameras.names": (Parameter.Type.STRING_ARRAY, ["front"],
-                      "Camera names in the model's view order; camera N subscribes to "
-                      "<name>/image_raw (or <name>/image_raw/compressed). Remap to the driver's topics.", {}),
-    "cameras.transports": (Parameter.Type.STRING_ARRAY, ["raw"],
-                           "Per camera: raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage).", {}),
-    "cameras.max_age": (Parameter.Type.DOUBLE, 0.5,
-                        "Seconds after which a camera frame is stale and the arm holds.", {"range": (0.01, 60.0)}),
-    "cameras.max_width": (Parameter.Type.INTEGER, 4096,
-                          "Widest camera image accepted (pixels), checked from the header before decoding (raw "
-                          "and compressed): larger frames are refused with one line.", {"range": (16, 65536)}),
-    "cameras.max_height": (Parameter.Type.INTEGER, 4096, "Tallest camera image accepted (pixels), as above.",
-                           {"range": (16, 65536)}),
-    "cameras.min_side": (Parameter.Type.INTEGER, 16,
-                         "Frames with a side shorter than this (pixels) are refused (not camera images).",
-                         {"range": (1, 4096)}),
-    "cameras.max_stamp_offset": (Parameter.Type.DOUBLE, 1.0,
-                                 "Frames whose header stamp is further than this (s) from the node's clock, in "
-                                 "either direction (or zero), are refused with a throttled line: a camera on "
-                                 "another clock, or a driver re-sending old frames. Within it, the watchdog "
-                                 "checks the stamp's age, not the arrival.", {"range": (0.001, 3600.0)}),
-    "joint_states.timeout": (Parameter.Type.DOUBLE, 0.5,
-                             "Seconds without /joint_states after which the arm holds.", {"range": (0.01, 60.0)}),
-    "joint_states.limit_margin": (Parameter.Type.DOUBLE, 0.2,
-                                  "Joint states further than this (rad or m) outside joints.lower/upper are "
-                                  "refused as wrong (names, units, calibration); the arm holds.",
-                                  {"range": (0.0, 100.0)}),
-    "instruction.max_length": (Parameter.Type.INTEGER, 512,
-                               "Longest accepted instruction in characters; longer ones are rejected.",
-                               {"range": (1, 100000)}),
-    # -- robot ---------------------------------------------------------------------------
-    "joints.names": (Parameter.Type.STRING_ARRAY, [""], "Arm joint names, in the order of the action vector.", {}),
-    "joints.lower": (Parameter.Type.DOUBLE_ARRAY, [0.0], "Lower position limits (rad or m), one per joint.", {}),
-    "joints.upper": (Parameter.Type.DOUBLE_ARRAY, [0.0], "Upper position limits (rad or m), one per joint.", {}),
-    "joints.max_velocity": (Parameter.Type.DOUBLE_ARRAY, [0.0], "Velocity limits (rad/s or m/s), one per joint.", {}),
-    "joints.max_acceleration": (Parameter.Type.DOUBLE_ARRAY, [0.0],
-                                "Acceleration limits (rad/s^2 or m/s^2), one per joint.", {}),
-    "joints.max_step": (Parameter.Type.DOUBLE, 0.0,
-                        "Largest position change per control tick for any joint; 0 disables this bound.",
-                        {"range": (0.0, 10.0)}),
-    # -- action space and outputs --------------------------------------------------------
-    "action_space": (Parameter.Type.STRING, "joint_position",
-                     "What the model's actions are: joint_position, joint_delta or ee_delta.",
-                     {"choices": ACTION_SPACES}),
-    "output.mode": (Parameter.Type.STRING, "follow_joint_trajectory",
-                    "How commands are sent: follow_joint_trajectory (action), joint_trajectory (topic), "
-                    "forward_position (Float64MultiArray), twist (TwistStamped, MoveIt Servo) or pose "
-                    "(PoseStamped targets from the current ee_pose).",
-                    {"choices": OUTPUT_MODES}),
-    "output.trajectory_points": (Parameter.Type.INTEGER, 8,
-                                 "Most points per FollowJointTrajectory goal (taken from the action queue).",
-                                 {"range": (1, 1000)}),
-    "ee.frame": (Parameter.Type.STRING, "base_link", "Frame of end-effector actions and twist commands.", {}),
-    "ee.rotation": (Parameter.Type.STRING, "axis_angle", "Rotation part of ee_delta actions.",
-                    {"choices": ROTATIONS}),
-    "ee.max_linear_velocity": (Parameter.Type.DOUBLE, 0.25,
-                               "End-effector speed limit (m/s): twist commands, and pose targets move at most "
-                               "this times the control period from the current pose.", {"range": (0.0, 10.0)}),
-    "ee.max_angular_velocity": (Parameter.Type.DOUBLE, 1.0, "End-effector angular speed limit (rad/s), as above.",
-                                {"range": (0.0, 50.0)}),
-    "gripper.enabled": (Parameter.Type.BOOL, False,
-                        "The last action dimension is the gripper, sent through the GripperCommand action.", {}),
-    "gripper.open_position": (Parameter.Type.DOUBLE, 0.04, "GripperCommand position when open (m).", {"range": (-10.0, 10.0)}),
-    "gripper.closed_position": (Parameter.Type.DOUBLE, 0.0, "GripperCommand position when closed (m).", {"range": (-10.0, 10.0)}),
-    "gripper.max_effort": (Parameter.Type.DOUBLE, 20.0, "GripperCommand max_effort (N).", {"range": (0.0, 1000.0)}),
-    "gripper.threshold": (Parameter.Type.DOUBLE, 0.5,
-                          "Gripper actions above this value mean open, below mean closed.", {"range": (-10.0, 10.0)}),
-    # -- control -------------------------------------------------------------------------
-    "control.rate": (Parameter.Type.DOUBLE, 30.0, "Control loop rate (Hz): one action per tick.", {"range": (1.0, 1000.0)}),
-    "control.realtime_priority": (Parameter.Type.INTEGER, 0,
-                                  "SCHED_FIFO priority (1-99) for the control loop's thread, as ros2_control's "
-                                  "thread_priority; 0 keeps the normal scheduler. Needs the right to use real-time "
-                                  "scheduling (root, CAP_SYS_NICE or an rtprio limit); without it the node logs a "
-                                  "warning and runs on the normal scheduler.", {"range": (0, 99)}),
-    "control.refill_threshold": (Parameter.Type.INTEGER, 4,
-                                 "Request a new chunk when this many actions or fewer are left; keep it at least the "
-                                 "inference latency in control ticks (plus margin), or the queue runs dry.",
-                                 {"range": (0, 1000)}),
-    "control.ensemble": (Parameter.Type.STRING, "ensemble",
-                         "Blend overlapping chunks (ensemble, ACT temporal ensembling) or use the latest only.",
-                         {"choices": ENSEMBLE_MODES}),
-    "control.ensemble_decay": (Parameter.Type.DOUBLE, 0.01, "m in w_i = exp(-m i) (ACT).", {"range": (0.0, 10.0)}),
-    "control.inference_timeout": (Parameter.Type.DOUBLE, 2.0,
-                                  "Seconds an inference may take before the arm holds.", {"range": (0.01, 600.0)}),
-    "workspace.min": (Parameter.Type.DOUBLE_ARRAY, [-INF, -INF, -INF], "Workspace box lower corner (m) in ee.frame.", {}),
-    "workspace.max": (Parameter.Type.DOUBLE_ARRAY, [INF, INF, INF], "Workspace box upper corner (m) in ee.frame.", {}),
-    # -- behaviour -----------------------------------------------------------------------
-    "dry_run": (Parameter.Type.BOOL, False,
-                "Compute and publish ActionChunk, command nothing. Applies live (ros2 param set): switching it on "
-                "while the arm moves brings the arm to rest; every other parameter is read-only after start-up.", {}),
-    "autostart": (Parameter.Type.BOOL, False,
-                  "Configure and activate at start-up (without a lifecycle manager).", {}),
-    "default_timeout": (Parameter.Type.DOUBLE, 60.0,
-                        "ExecuteInstruction timeout (s) when a goal gives 0.", {"range": (0.1, 86400.0)}),
-    "status_rate": (Parameter.Type.DOUBLE, 2.0, "PolicyStatus and diagnostics rate (Hz).", {"range": (0.1, 100.0)}),
-}
-
-
-def descriptor(name: str) -> ParameterDescriptor:
-    ptype, _, text, extra = SPEC[name]
-    d = ParameterDescriptor(name=name, type=ptype.value, description=text, read_only=name != "dry_run")
+def descriptor(name: str, entry: tuple) -> ParameterDescriptor:
+    ptype, _, text, extra = entry
+    d = ParameterDescriptor(name=name, type=ptype.value, description=text, read_only=not extra.get("live", False))
     if "range" in extra:
         lo, hi = extra["range"]
-        if ptype == Parameter.Type.INTEGER:
+        if ptype == T.INTEGER:
             d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
         else:
             d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
@@ -178,93 +44,71 @@ def descriptor(name: str) -> ParameterDescriptor:
     return d
 
 
-def declare(node) -> None:
-    """Declare every parameter on the node (values from --params-file override defaults)."""
-    for name, (ptype, default, _, _) in SPEC.items():
-        node.declare_parameter(name, Parameter(name, ptype, default).value, descriptor(name))
+def declare(node, spec: Spec) -> None:
+    """Declare every parameter of the table on the node (--params-file and -p values override defaults)."""
+    for name, entry in spec.items():
+        ptype, default = entry[0], entry[1]
+        node.declare_parameter(name, ptype if default is None else Parameter(name, ptype, default).value,
+                               descriptor(name, entry))
 
 
-@dataclass(frozen=True)
-class PolicyNodeParams:
-    values: dict
-
-    def __getitem__(self, name: str):
-        return self.values[name]
-
-
-def resolve_mapping(value: str) -> str:
-    """A mapping name (config/remote/<name>.yaml) or a path -> an existing file's path."""
-    from pathlib import Path
-
-    from vla_ros.share import share_dirs
-    if "/" not in value and not value.endswith((".yaml", ".yml")):
-        for d in share_dirs():
-            f = d / "config" / "remote" / f"{value}.yaml"
-            if f.is_file():
-                return str(f)
-        raise ParameterError(f"parameter 'model.server_mapping' is {value!r}: no config/remote/{value}.yaml found")
-    if not Path(value).is_file():
-        raise ParameterError(f"parameter 'model.server_mapping' is {value!r}: no such file")
-    return value
-
-
-def read(node) -> PolicyNodeParams:
-    """Read and validate every parameter; raise ParameterError naming the first bad one."""
-    v = {name: node.get_parameter(name).value for name in SPEC}
-    for name, (_, _, _, extra) in SPEC.items():
-        if "choices" in extra and v[name] not in extra["choices"]:
-            raise ParameterError(f"parameter '{name}' is {v[name]!r}; expected one of {list(extra['choices'])}")
+def values(node, spec: Spec) -> dict[str, Any]:
+    """The table's values by name, each within its range and choices; ParameterError names the first
+    that is not. A parameter declared without a default and not set reads as [] (arrays) or None."""
+    v = {}
+    for name, (ptype, _, _, extra) in spec.items():
+        try:
+            value = node.get_parameter(name).value
+        except ParameterUninitializedException:
+            value = [] if _PY_TYPES[ptype] is tuple else None
+        if "choices" in extra and value not in extra["choices"]:
+            raise ParameterError(f"parameter '{name}' is {value!r}; expected one of {list(extra['choices'])}")
         if "range" in extra:
             lo, hi = extra["range"]
-            if not (lo <= v[name] <= hi):
-                raise ParameterError(f"parameter '{name}' is {v[name]!r}; expected a value in [{lo}, {hi}]")
-    if v["model.server"]:
-        if not v["model.server"].startswith(("ws://", "wss://")):
-            raise ParameterError(f"parameter 'model.server' is {v['model.server']!r}; expected ws://host:port")
-        if v["model.process"] != "server":
-            raise ParameterError("parameter 'model.process' is 'in_process' but model.server is set: the "
-                                 "websocket client runs in the policy server process (model.process: server)")
-        v["model.server_mapping"] = resolve_mapping(v["model.server_mapping"])
-    names = list(v["joints.names"])
-    if not names or any(not n for n in names):
-        raise ParameterError(f"parameter 'joints.names' is {names!r}; give the robot's joint names "
-                             "(load the robot's parameters file with --params-file)")
-    if len(set(names)) != len(names):
-        raise ParameterError(f"parameter 'joints.names' has duplicates: {names!r}")
-    for key in ("joints.lower", "joints.upper", "joints.max_velocity", "joints.max_acceleration"):
-        arr = list(v[key])
-        if len(arr) != len(names):
-            raise ParameterError(f"parameter '{key}' has {len(arr)} values for {len(names)} joints {names}")
-        if not all(math.isfinite(x) for x in arr):
-            raise ParameterError(f"parameter '{key}' must be finite numbers, got {arr}")
-    for i, n in enumerate(names):
-        if not v["joints.lower"][i] < v["joints.upper"][i]:
-            raise ParameterError(f"parameters 'joints.lower'/'joints.upper' for joint '{n}': "
-                                 f"{v['joints.lower'][i]} is not below {v['joints.upper'][i]}")
-        for key in ("joints.max_velocity", "joints.max_acceleration"):
-            if not v[key][i] > 0:
-                raise ParameterError(f"parameter '{key}' for joint '{n}' is {v[key][i]}; it must be > 0")
-    cams = list(v["cameras.names"])
-    if not cams or any(not c for c in cams) or len(set(cams)) != len(cams):
-        raise ParameterError(f"parameter 'cameras.names' is {cams!r}; give one or more distinct camera names")
-    transports = list(v["cameras.transports"])
-    if len(transports) == 1 and len(cams) > 1:
-        transports = transports * len(cams)
-    if len(transports) != len(cams) or any(t not in TRANSPORTS for t in transports):
-        raise ParameterError(f"parameter 'cameras.transports' is {list(v['cameras.transports'])!r}; expected "
-                             f"one of {list(TRANSPORTS)} per camera ({len(cams)} cameras)")
-    v["cameras.transports"] = transports
-    for key in ("workspace.min", "workspace.max"):
-        if len(v[key]) != 3 or any(math.isnan(x) for x in v[key]):
-            raise ParameterError(f"parameter '{key}' is {list(v[key])!r}; expected 3 numbers (x, y, z)")
-    if any(lo >= hi for lo, hi in zip(v["workspace.min"], v["workspace.max"])):
-        raise ParameterError(f"parameters 'workspace.min' {list(v['workspace.min'])} must be below "
-                             f"'workspace.max' {list(v['workspace.max'])}")
-    ee_modes = ("twist", "pose")
-    if v["action_space"] == "ee_delta" and v["output.mode"] not in ee_modes:
-        raise ParameterError(f"parameter 'output.mode' is {v['output.mode']!r} but action_space 'ee_delta' "
-                             f"needs output.mode one of {list(ee_modes)}")
-    if v["action_space"] != "ee_delta" and v["output.mode"] in ee_modes:
-        raise ParameterError(f"parameter 'output.mode' is {v['output.mode']!r} but action_space is "
-                             f"{v['action_space']!r}; end-effector outputs need action_space 'ee_delta'")
-    return PolicyNodeParams(v)
+            if not (lo <= value <= hi):
+                raise ParameterError(f"parameter '{name}' is {value!r}; expected a value in [{lo}, {hi}]")
+        v[name] = value
+    return v
+
+
+def attributes_class(class_name: str, spec: Spec) -> type:
+    """A frozen dataclass with one attribute per parameter, "a.b" nested as attribute b of a frozen
+    dataclass in attribute a."""
+    tree: dict = {}
+    for name in spec:
+        *groups, leaf = name.split(".")
+        node = tree
+        for g in groups:
+            node = node.setdefault(g, {})
+        node[leaf] = name
+
+    def build(cls_name: str, node: dict) -> type:
+        attrs = [(key, build(cls_name + key.title().replace("_", ""), sub) if isinstance(sub, dict)
+                  else _PY_TYPES[spec[sub][0]]) for key, sub in node.items()]
+        cls = make_dataclass(cls_name, attrs, frozen=True)
+        cls._names = node
+        return cls
+
+    return build(class_name, tree)
+
+
+def freeze(cls: type, v: dict[str, Any]):
+    """Values by parameter name -> an instance of attributes_class(); arrays become tuples."""
+    def build(c: type):
+        out = {}
+        for f in fields(c):
+            sub = c._names[f.name]
+            if isinstance(sub, dict):
+                out[f.name] = build(f.type)
+            else:
+                value = v[sub]
+                out[f.name] = tuple(value) if f.type is tuple and value is not None else value
+        return c(**out)
+
+    return build(cls)
+
+
+def read(node, spec: Spec, cls: type):
+    """values() of the table, as an instance of cls (attributes_class of the same table)."""
+    return freeze(cls, values(node, spec))
+

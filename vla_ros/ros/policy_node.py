@@ -23,7 +23,7 @@ Topics, services and actions (relative names; remap them to the robot's):
   action srv  ~/execute_instruction (vla_ros/action/ExecuteInstruction)
   action cli  follow_joint_trajectory [follow_joint_trajectory], gripper_command [gripper.enabled]
   services    ~/estop, ~/reset (std_srvs/Trigger)
-Parameters: see vla_ros/ros/params.py (and `ros2 param describe`); only dry_run can change live.
+Parameters: vla_ros/ros/policy_params.py (README, `ros2 param describe`); only dry_run can change live.
 """
 from __future__ import annotations
 
@@ -36,17 +36,17 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
 from std_srvs.srv import Trigger
 
-from vla_ros.ros import params as P
+from vla_ros.ros import policy_params
 from vla_ros.ros.control_loop import ControlLoop
 from vla_ros.ros.inputs import Inputs
 from vla_ros.ros.outputs import GripperOutput, make_output
+from vla_ros.ros.params import PARAM_ERRORS, ParameterError, declare
 from vla_ros.ros.task_server import TaskServer
 from vla_ros.ros.telemetry import Telemetry
 from vla_ros.runtime.controller import Controller, ControllerConfig
@@ -67,7 +67,7 @@ class PolicyNode(LifecycleNode):
 
     def __init__(self, **kwargs):
         super().__init__("policy_node", **kwargs)
-        P.declare(self)
+        declare(self, policy_params.SPEC)
         self.p = None
         self.controller = None
         self.policy = None
@@ -91,9 +91,9 @@ class PolicyNode(LifecycleNode):
 
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:
-            self.p = P.read(self)
+            self.p = policy_params.read(self)
             meta = self._start_policy()
-        except (P.ParameterError, PolicyLoadError) as exc:
+        except (ParameterError, PolicyLoadError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         try:
@@ -106,25 +106,25 @@ class PolicyNode(LifecycleNode):
 
     def _configure(self, meta) -> TransitionCallbackReturn:
         p = self.p
-        self.cams, self.joint_names = list(p["cameras.names"]), list(p["joints.names"])
-        self.period = 1.0 / p["control.rate"]
+        self.cams, self.joint_names = list(p.cameras.names), list(p.joints.names)
+        self.period = 1.0 / p.control.rate
         self.controller = Controller(ControllerConfig(
             cameras=self.cams, horizon=meta["horizon"], dim=meta["action_dim"], period=self.period,
-            camera_timeout=p["cameras.max_age"], joint_timeout=p["joint_states.timeout"],
-            extra_inputs={"ee_pose": p["joint_states.timeout"]} if p["output.mode"] == "pose" else {},
-            inference_timeout=p["control.inference_timeout"], ensemble=p["control.ensemble"],
-            ensemble_decay=p["control.ensemble_decay"], refill_threshold=p["control.refill_threshold"],
-            dry_run=p["dry_run"], needs_state=bool(meta["state_names"])))
+            camera_timeout=p.cameras.max_age, joint_timeout=p.joint_states.timeout,
+            extra_inputs={"ee_pose": p.joint_states.timeout} if p.output.mode == "pose" else {},
+            inference_timeout=p.control.inference_timeout, ensemble=p.control.ensemble,
+            ensemble_decay=p.control.ensemble_decay, refill_threshold=p.control.refill_threshold,
+            dry_run=p.dry_run, needs_state=bool(meta["state_names"])))
         self._configure_interfaces(meta)
         self.loop = ControlLoop(self, self.controller, p, self.output, self.gripper, self.telemetry)
         self.loop.start()
-        where = (f"policy server pid {self.policy.pid}" if p["model.process"] == "server" else "in process")
-        if p["model.server"]:
-            where = f"through policy server pid {self.policy.pid}, mapping {p['model.server_mapping']}"
+        where = (f"policy server pid {self.policy.pid}" if p.model.process == "server" else "in process")
+        if p.model.server:
+            where = f"through policy server pid {self.policy.pid}, mapping {p.model.server_mapping}"
         self.get_logger().info(
             f"configured: {len(self.cams)} camera(s) {self.cams}, {len(self.joint_names)} joints, "
-            f"action space {p['action_space']}, output {p['output.mode']}{' (dry run)' if p['dry_run'] else ''}, "
-            f"{p['control.rate']:g} Hz, chunk {meta['horizon']}x{meta['action_dim']} on {meta['device']} ({where})")
+            f"action space {p.action_space}, output {p.output.mode}{' (dry run)' if p.dry_run else ''}, "
+            f"{p.control.rate:g} Hz, chunk {meta['horizon']}x{meta['action_dim']} on {meta['device']} ({where})")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
@@ -196,26 +196,26 @@ class PolicyNode(LifecycleNode):
     # ---------------------------------------------------------------- configuration
     def _start_policy(self) -> dict:
         p = self.p
-        gripper = ["gripper"] if p["gripper.enabled"] else []
-        if p["action_space"] == "ee_delta":
-            names, dim = None, 3 + ROTATION_SIZES[p["ee.rotation"]] + len(gripper)
+        gripper = ["gripper"] if p.gripper.enabled else []
+        if p.action_space == "ee_delta":
+            names, dim = None, 3 + ROTATION_SIZES[p.ee.rotation] + len(gripper)
         else:
-            names = list(p["joints.names"]) + gripper
+            names = list(p.joints.names) + gripper
             dim = len(names)
-        load = dict(checkpoint=p["model.checkpoint"], preset=p["model.preset"], action_names=names, action_dim=dim,
-                    state_names=list(p["joints.names"]), camera_names=list(p["cameras.names"]),
-                    device=p["model.device"], dtype=p["model.dtype"], compile=p["model.compile"],
-                    seed=p["model.seed"], threads=p["model.threads"])
-        if p["model.server"]:
-            token_env = p["model.server_token_env"]
+        load = dict(checkpoint=p.model.checkpoint, preset=p.model.preset, action_names=names, action_dim=dim,
+                    state_names=list(p.joints.names), camera_names=list(p.cameras.names),
+                    device=p.model.device, dtype=p.model.dtype, compile=p.model.compile,
+                    seed=p.model.seed, threads=p.model.threads)
+        if p.model.server:
+            token_env = p.model.server_token_env
             token = os.environ.get(token_env, "") if token_env else ""
             if token_env and not token:
                 raise PolicyLoadError(f"model.server_token_env names {token_env!r}, which is empty or unset")
-            timeout = p["model.server_timeout"]
-            load.update(server=p["model.server"], mapping=p["model.server_mapping"], token=token,
-                        connect_timeout=timeout, request_timeout=3.0 * p["control.inference_timeout"],
-                        period=1.0 / p["control.rate"], action_space=p["action_space"])
-        cls = PolicyProcess if p["model.process"] == "server" else InProcessPolicy
+            timeout = p.model.server_timeout
+            load.update(server=p.model.server, mapping=p.model.server_mapping, token=token,
+                        connect_timeout=timeout, request_timeout=3.0 * p.control.inference_timeout,
+                        period=1.0 / p.control.rate, action_space=p.action_space)
+        cls = PolicyProcess if p.model.process == "server" else InProcessPolicy
         self.policy = cls(load, self._on_chunk, self._on_inference_failure, self.log)
         try:
             return self.policy.start()
@@ -230,15 +230,15 @@ class PolicyNode(LifecycleNode):
         for srv in (n.create_service(Trigger, "~/estop", self._on_estop),
                     n.create_service(Trigger, "~/reset", self._on_reset)):
             own.append(lambda s=srv: n.destroy_service(s))
-        limits = JointLimits(self.joint_names, np.array(p["joints.lower"]), np.array(p["joints.upper"]),
-                             np.array(p["joints.max_velocity"]), np.array(p["joints.max_acceleration"]))
-        safety = SafetyFilter(limits, self.period, max_step=p["joints.max_step"] or None,
-                              workspace=WorkspaceBox(p["ee.frame"], np.array(p["workspace.min"]),
-                                                     np.array(p["workspace.max"])))
+        limits = JointLimits(self.joint_names, np.array(p.joints.lower), np.array(p.joints.upper),
+                             np.array(p.joints.max_velocity), np.array(p.joints.max_acceleration))
+        safety = SafetyFilter(limits, self.period, max_step=p.joints.max_step or None,
+                              workspace=WorkspaceBox(p.ee.frame, np.array(p.workspace.min),
+                                                     np.array(p.workspace.max)))
         self.output = make_output(self, p, safety, self.log_once, lambda: c.joint_positions, c.peek,
                                   lambda: c.chunks, lambda name: c.feed(name, self._now()))
         own.append(self.output.destroy)
-        self.gripper = GripperOutput(self, p, self.log_once) if p["gripper.enabled"] else None
+        self.gripper = GripperOutput(self, p, self.log_once) if p.gripper.enabled else None
         if self.gripper is not None:
             own.append(self.gripper.destroy)
         self.telemetry = Telemetry(self, c, p, meta["action_names"], self.policy.model_ms)
@@ -310,7 +310,7 @@ class PolicyNode(LifecycleNode):
     def _check_policy(self):
         """Restart a policy server that stopped answering (a 1 Hz timer)."""
         waited = self.policy.oldest_pending_age() if self.policy is not None else None
-        if waited is not None and waited > max(10.0, HANG_FACTOR * self.p["control.inference_timeout"]):
+        if waited is not None and waited > max(10.0, HANG_FACTOR * self.p.control.inference_timeout):
             self.policy.restart(f"no answer for {waited:.1f} s")
 
     def _on_chunk(self, obs, actions, latency):
@@ -333,7 +333,7 @@ def main(args=None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         node = PolicyNode()
-    except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+    except PARAM_ERRORS as exc:
         print(f"[policy_node] invalid parameter: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2

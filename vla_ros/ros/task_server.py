@@ -37,7 +37,7 @@ class TaskServer:
             node, ExecuteInstruction, "~/execute_instruction", self._execute, goal_callback=self._on_goal,
             handle_accepted_callback=self._on_accepted, cancel_callback=lambda _: CancelResponse.ACCEPT,
             callback_group=callback_group)
-        period = min(0.1, max(0.02, 1.0 / p["control.rate"]))  # feedback and outcome checks
+        period = min(0.1, max(0.02, 1.0 / p.control.rate))  # feedback and outcome checks
         # Runs only while a goal runs: an idle timer would wake the single executor thread for nothing.
         self.timer = node.create_timer(period, self._check, callback_group=callback_group)
         self.timer.cancel()
@@ -62,7 +62,7 @@ class TaskServer:
         if not self.controller.active:  # also false once the node shuts down
             log.warning("ExecuteInstruction goal rejected: the node is not active")
             return GoalResponse.REJECT
-        problem = instruction_problem(goal.instruction.strip(), self.p["instruction.max_length"])
+        problem = instruction_problem(goal.instruction.strip(), self.p.instruction.max_length)
         if problem:
             log.warning(f"ExecuteInstruction goal rejected: the instruction {problem}")
             return GoalResponse.REJECT
@@ -85,7 +85,7 @@ class TaskServer:
         goal, c = handle.request, self.controller
         self.set_instruction(goal.instruction, "ExecuteInstruction goal")
         c.start_task()
-        timeout = goal.timeout if goal.timeout > 0 else self.p["default_timeout"]
+        timeout = goal.timeout if goal.timeout > 0 else self.p.default_timeout
         done = Future()
         self._goals[bytes(handle.goal_id.uuid)] = (handle, self._now(), timeout, done)
         self.timer.reset()

@@ -31,7 +31,7 @@ class Telemetry:
         self.node, self.controller, self.p = node, controller, p
         self.model_ms = model_ms  # the model's own time per inference (ms), from the policy server
         self.action_names = list(action_names)
-        self.period = 1.0 / p["control.rate"]
+        self.period = 1.0 / p.control.rate
         self._lock = threading.Lock()
         self.latencies = deque(maxlen=200)
         self._loop_starts = deque(maxlen=1000)   # monotonic time of each control step (the loop's own view)
@@ -40,7 +40,7 @@ class Telemetry:
         self.chunk_pub = node.create_publisher(ActionChunk, "~/action_chunk", 10)
         self.status_pub = node.create_publisher(PolicyStatus, "~/status", 10)
         self.diag_pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.timer = node.create_timer(1.0 / p["status_rate"], self.publish_status, callback_group=callback_group)
+        self.timer = node.create_timer(1.0 / p.status_rate, self.publish_status, callback_group=callback_group)
 
     def destroy(self) -> None:
         n = self.node
@@ -72,14 +72,14 @@ class Telemetry:
         with self._lock:
             self.latencies.append(latency)
             self._count += 1
-        msg = ActionChunk(names=self.action_names, action_space=self.p["action_space"],
+        msg = ActionChunk(names=self.action_names, action_space=self.p.action_space,
                           horizon=int(actions.shape[0]), dims=int(actions.shape[1]),
                           actions=actions.ravel().tolist(), period=self.period, inference_latency=latency,
                           instruction=obs.instruction)
         if obs.stamp_msg is not None:
             msg.observation_stamp = obs.stamp_msg
         msg.header.stamp = self.node.get_clock().now().to_msg()
-        msg.header.frame_id = self.p["ee.frame"] if self.p["action_space"] == "ee_delta" else ""
+        msg.header.frame_id = self.p.ee.frame if self.p.action_space == "ee_delta" else ""
         self.chunk_pub.publish(msg)
 
     def publish_status(self) -> None:
@@ -92,7 +92,7 @@ class Telemetry:
         now = self.node.get_clock().now()
         reason = "" if st == PolicyStatus.STATE_RUNNING else hold.value + (f": {detail}" if detail else "")
         msg = PolicyStatus(state=st, state_label=STATE_LABELS[st], instruction=c.instruction, dry_run=c.dry_run,
-                           inference_rate=count * self.p["status_rate"],
+                           inference_rate=count * self.p.status_rate,
                            latency_p50=float(np.percentile(lat, 50)), latency_p90=float(np.percentile(lat, 90)),
                            latency_p99=float(np.percentile(lat, 99)),
                            queue_depth=c.queue_depth(now.nanoseconds * 1e-9), steps=c.steps,
@@ -112,7 +112,7 @@ class Telemetry:
                 ("frames_received", str(c.frames_received)), ("dry_ticks", str(c.queue.dry_ticks)),
                 ("model_p50_ms", f"{np.percentile(list(self.model_ms) or [0.0], 50):.2f}"),
                 ("model_p99_ms", f"{np.percentile(list(self.model_ms) or [0.0], 99):.2f}"),
-                ("control_rate_hz", f"{self.p['control.rate']:g}"),
+                ("control_rate_hz", f"{self.p.control.rate:g}"),
                 *((k, f"{v:.3f}") for k, v in self.loop_stats().items()),
                 ("last_error", c.last_error))]))
         self.diag_pub.publish(diag)
