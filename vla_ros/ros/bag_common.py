@@ -1,26 +1,14 @@
 """What the recorder, player and sim robot nodes share: message classes by type name, QoS,
-parameters, signal handling and spinning."""
+signal handling and spinning."""
 from __future__ import annotations
 
 import importlib
 import signal
 import threading
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterValueException,
-                               ParameterUninitializedException)
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 QUEUE_DEPTH = 100
-PARAM_ERRORS = (InvalidParameterTypeException, InvalidParameterValueException)
-
-
-def string_array(node, name: str) -> list:
-    """A string-array parameter declared without a default: [] when not set."""
-    try:
-        return [s for s in (node.get_parameter(name).value or []) if s]
-    except ParameterUninitializedException:
-        return []
 
 
 def message_class(msgtype: str):
@@ -81,15 +69,6 @@ def offered_qos(profile):
                enum(QosDurability, profile.durability), duration(profile.deadline), duration(profile.lifespan),
                enum(QosLiveliness, profile.liveliness), duration(profile.liveliness_lease_duration),
                bool(profile.avoid_ros_namespace_conventions))
-
-
-def descriptor(description: str, *, float_range=None, int_range=None, read_only=False) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=description, read_only=read_only)
-    if float_range is not None:
-        d.floating_point_range = [FloatingPointRange(from_value=float(float_range[0]), to_value=float(float_range[1]))]
-    if int_range is not None:
-        d.integer_range = [IntegerRange(from_value=int(int_range[0]), to_value=int(int_range[1]), step=1)]
-    return d
 
 
 class StopSignal:

@@ -5,19 +5,7 @@ at their recorded timing scaled by `rate`, with the QoS their recorded publisher
 (best-effort when any was; transient local when all were). Topic remapping works as for
 any node (--ros-args -r /camera/image_raw:=/cam0/image_raw).
 
-Parameters:
-  bag                  string    bag directory (or its storage file)
-  rate                 double    playback speed factor (2.0: twice as fast)
-  start_offset         double    seconds into the bag to start at
-  loop                 bool      start over at the end, until SIGINT
-  topics               string[]  topics to play; empty: all
-  publish_clock        bool      publish rosgraph_msgs/Clock on /clock from the bag time (40 Hz and
-                                 before each message), for nodes with use_sim_time
-  wait_for_subscribers int       wait until every played topic has at least this many subscribers
-  start_paused         bool      wait for a call of the ~/resume service (std_srvs/Trigger) before
-                                 playing, like `ros2 bag play --start-paused`: a caller can first make
-                                 sure that its own readers have matched (best-effort messages
-                                 published before a reader matched are lost)
+Parameters: SPEC below (README's table is generated from it).
 
 Exits 0 at the end of the bag (or on SIGINT/SIGTERM), 2 on invalid parameters or an unreadable bag.
 """
@@ -28,22 +16,37 @@ import threading
 import time
 
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock
 from std_srvs.srv import Trigger
 
 from vla_ros.data.bags import BagError, BagReader
-from vla_ros.ros.bag_common import (PARAM_ERRORS, StopSignal, descriptor, message_class, qos, spin_until_stopped,
-                                    string_array)
+from vla_ros.ros import params
+from vla_ros.ros.bag_common import StopSignal, message_class, qos, spin_until_stopped
+from vla_ros.ros.params import PARAM_ERRORS, T, Spec
 
 CLOCK_PERIOD = 0.025   # s of wall time between /clock messages while waiting for the next message
 ACK_TIMEOUT = 5.0      # s to wait at the end for reliable subscribers to acknowledge everything
+
+SPEC: Spec = {
+    "bag": (T.STRING, "", "Bag directory (or its storage file).", {}),
+    "rate": (T.DOUBLE, 1.0, "Playback speed factor (2.0: twice as fast).", {"range": (0.001, 1000.0)}),
+    "start_offset": (T.DOUBLE, 0.0, "Seconds into the bag to start at.", {"range": (0.0, 1e9)}),
+    "loop": (T.BOOL, False, "Play the bag again and again until SIGINT.", {}),
+    "topics": (T.STRING_ARRAY, None, "Topics to play (as recorded); empty: all.", {}),
+    "publish_clock": (T.BOOL, False, "Publish rosgraph_msgs/Clock on /clock from the bag time (40 Hz and before "
+                      "each message), for nodes with use_sim_time.", {}),
+    "wait_for_subscribers": (T.INTEGER, 0, "Wait until each played topic has at least this many subscribers before "
+                             "starting.", {"range": (0, 1000)}),
+    "start_paused": (T.BOOL, False, "Wait for a call of ~/resume (std_srvs/Trigger) before playing, like `ros2 bag "
+                     "play --start-paused`: a caller can first make sure that its own readers have matched "
+                     "(best-effort messages published before a reader matched are lost).", {}),
+}
+PlayerParams = params.attributes_class("PlayerParams", SPEC)
 
 
 class PlayerNode(Node):
@@ -52,34 +55,22 @@ class PlayerNode(Node):
     def __init__(self, stop: threading.Event, **kwargs):
         super().__init__("player_node", **kwargs)
         self.stop = stop
-        self.declare_parameter("bag", "", descriptor("Bag directory (or its storage file).", read_only=True))
-        self.declare_parameter("rate", 1.0, descriptor("Playback speed factor.", float_range=(0.001, 1000.0)))
-        self.declare_parameter("start_offset", 0.0, descriptor("Seconds into the bag to start at.",
-                                                               float_range=(0.0, 1e9)))
-        self.declare_parameter("loop", False, descriptor("Play the bag again and again until SIGINT."))
-        self.declare_parameter("topics", Parameter.Type.STRING_ARRAY, ParameterDescriptor(
-            description="Topics to play (as recorded); empty: all.", read_only=True))
-        self.declare_parameter("publish_clock", False, descriptor(
-            "Publish rosgraph_msgs/Clock on /clock from the bag time."))
-        self.declare_parameter("wait_for_subscribers", 0, descriptor(
-            "Wait until each played topic has at least this many subscribers before starting.",
-            int_range=(0, 1000)))
-        self.declare_parameter("start_paused", False, descriptor(
-            "Wait for a call of ~/resume (std_srvs/Trigger) before playing.", read_only=True))
+        params.declare(self, SPEC)
+        p = params.read(self, SPEC, PlayerParams)
         self.resumed = threading.Event()
-        if not self.get_parameter("start_paused").value:
+        if not p.start_paused:
             self.resumed.set()
         self.create_service(Trigger, "~/resume", self._on_resume)
-        path = self.get_parameter("bag").value
+        path = p.bag
         if not path:
             raise ValueError("parameter 'bag' is empty: give the bag directory to play")
-        self.rate = self.get_parameter("rate").value
-        self.loop = self.get_parameter("loop").value
-        self.min_subs = self.get_parameter("wait_for_subscribers").value
+        self.rate = p.rate
+        self.loop = p.loop
+        self.min_subs = p.wait_for_subscribers
         self.reader = BagReader(path, log_warnings=False)
         for warning in self.reader.warnings:
             self.get_logger().warning(warning)
-        wanted = string_array(self, "topics")
+        wanted = [t for t in p.topics if t]
         unknown = [t for t in wanted if t not in self.reader.topics]
         if unknown:
             self.reader.close()
@@ -101,9 +92,9 @@ class PlayerNode(Node):
             self.reader.close()
             raise BagError(f"bag {self.reader.path}: no topic to play (types not installed: {', '.join(skipped)})")
         self.topics = list(self.pubs)
-        self.start = self.reader.start_time + int(round(self.get_parameter("start_offset").value * 1e9))
+        self.start = self.reader.start_time + int(round(p.start_offset * 1e9))
         self.clock_pub = (self.create_publisher(Clock, "/clock", qos("reliable", "volatile", 10))
-                          if self.get_parameter("publish_clock").value else None)
+                          if p.publish_clock else None)
         count = sum(self.reader.topics[t].count for t in self.topics)
         duration = max(self.reader.end_time - self.start, 0) / 1e9
         self.get_logger().info(

@@ -17,15 +17,7 @@ a second while it lasts) and in the final summary.
 SIGINT or SIGTERM stops taking messages, writes everything queued, closes the bag (MCAP summary
 and metadata.yaml with message counts) and exits 0.
 
-Parameters:
-  topics            string[]  topics to record, relative (to the node namespace) or absolute
-  output_dir        string    directory the bag is created in (default: current directory)
-  bag_name          string    bag directory name (default: rosbag2_<date>-<time>)
-  storage           string    mcap or sqlite3
-  status_period     double    seconds between "recorded:" count lines while counts change (0: off)
-  queue_depth       int       subscription history depth (KEEP_LAST) per topic (10000)
-  large_queue_depth int       the same for types with a byte array (100)
-  write_queue_mb    int       bound of the write queue in MiB (512)
+Parameters: SPEC below (README's table is generated from it).
 """
 from __future__ import annotations
 
@@ -35,17 +27,16 @@ import time
 from pathlib import Path
 
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
 from vla_ros.data.bag_queue import QueuedBagWriter
 from vla_ros.data.bags import STORAGES, BagError, BagWriter
-from vla_ros.ros.bag_common import (PARAM_ERRORS, StopSignal, descriptor, message_class, offered_qos, qos,
-                                    string_array)
+from vla_ros.ros import params
+from vla_ros.ros.bag_common import StopSignal, message_class, offered_qos, qos
+from vla_ros.ros.params import PARAM_ERRORS, T, Spec
 
 GRAPH_POLL = 0.1  # s between looks at the graph for publishers of topics not recorded yet
 # The graph does not tell a publisher's history depth (DDS does not carry it), so the queue is deep
@@ -57,6 +48,22 @@ WRITE_QUEUE_MB = 512
 FLUSH_PERIOD = 0.5  # s: the longest anything received stays in memory (MCAP chunk, sqlite3 batch)
 DRAIN_MAX = 1000    # messages one callback takes from a subscription before the executor runs others
 DROP_LOG_PERIOD = 1.0  # s: at most one "dropped" warning line this often while drops go on
+
+SPEC: Spec = {
+    "topics": (T.STRING_ARRAY, None, "Topics to record, relative (to the node namespace) or absolute.", {}),
+    "output_dir": (T.STRING, ".", "Directory the bag is created in.", {}),
+    "bag_name": (T.STRING, "", "Bag directory name; empty: rosbag2_<YYYY_MM_DD-HH_MM_SS>.", {}),
+    "storage": (T.STRING, "mcap", f"Storage format: {' or '.join(STORAGES)}.", {}),
+    "status_period": (T.DOUBLE, 0.0, "Seconds between 'recorded:' message-count lines (only when counts "
+                      "changed); 0: off.", {"range": (0.0, 3600.0)}),
+    "queue_depth": (T.INTEGER, QUEUE_DEPTH, "Subscription history depth (KEEP_LAST) per topic.",
+                    {"range": (1, 1000000)}),
+    "large_queue_depth": (T.INTEGER, LARGE_QUEUE_DEPTH, "Subscription history depth for types with a byte array "
+                          "(images, point clouds).", {"range": (1, 1000000)}),
+    "write_queue_mb": (T.INTEGER, WRITE_QUEUE_MB, "Bound of the write queue in MiB; beyond it new messages are "
+                       "dropped, counted and logged.", {"range": (1, 1 << 20)}),
+}
+RecorderParams = params.attributes_class("RecorderParams", SPEC)
 
 
 def has_byte_array(cls, levels: int = 4) -> bool:
@@ -81,26 +88,9 @@ class RecorderNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__("recorder_node", **kwargs)
-        self.declare_parameter("topics", Parameter.Type.STRING_ARRAY, ParameterDescriptor(
-            description="Topics to record, relative (to the node namespace) or absolute.", read_only=True))
-        self.declare_parameter("output_dir", ".", descriptor("Directory the bag is created in.", read_only=True))
-        self.declare_parameter("bag_name", "", descriptor(
-            "Bag directory name; empty: rosbag2_<YYYY_MM_DD-HH_MM_SS>.", read_only=True))
-        self.declare_parameter("storage", "mcap", descriptor(
-            f"Storage format: {' or '.join(STORAGES)}.", read_only=True))
-        self.declare_parameter("status_period", 0.0, descriptor(
-            "Seconds between 'recorded:' message-count lines (only when counts changed); 0: off.",
-            float_range=(0.0, 3600.0)))
-        self.declare_parameter("queue_depth", QUEUE_DEPTH, descriptor(
-            "Subscription history depth (KEEP_LAST) per topic.", int_range=(1, 1000000), read_only=True))
-        self.declare_parameter("large_queue_depth", LARGE_QUEUE_DEPTH, descriptor(
-            "Subscription history depth for types with a byte array (images, point clouds).",
-            int_range=(1, 1000000), read_only=True))
-        self.declare_parameter("write_queue_mb", WRITE_QUEUE_MB, descriptor(
-            "Bound of the write queue in MiB; beyond it new messages are dropped, counted and logged.",
-            int_range=(1, 1 << 20), read_only=True))
-        topics = string_array(self, "topics")
-        storage = self.get_parameter("storage").value
+        params.declare(self, SPEC)
+        p = params.read(self, SPEC, RecorderParams)
+        topics, storage = [t for t in p.topics if t], p.storage
         if not [t for t in topics if t]:
             raise ValueError("parameter 'topics' is empty: name at least one topic to record")
         if storage not in STORAGES:
@@ -110,15 +100,15 @@ class RecorderNode(Node):
             name = self.resolve_topic_name(t)
             if t and name not in self.topics:
                 self.topics.append(name)
-        bag_name = self.get_parameter("bag_name").value or time.strftime("rosbag2_%Y_%m_%d-%H_%M_%S")
-        self.bag_path = Path(self.get_parameter("output_dir").value).expanduser() / bag_name
-        self._depth = self.get_parameter("queue_depth").value
-        self._large_depth = self.get_parameter("large_queue_depth").value
+        bag_name = p.bag_name or time.strftime("rosbag2_%Y_%m_%d-%H_%M_%S")
+        self.bag_path = Path(p.output_dir).expanduser() / bag_name
+        self._depth = p.queue_depth
+        self._large_depth = p.large_queue_depth
         self._drops_logged = {}          # topic -> dropped count last logged
         self._last_drop_log = 0.0
         self._drop_lock = threading.Lock()
         bag = BagWriter(self.bag_path, storage, flush_period=FLUSH_PERIOD)   # BagError when it exists
-        self.bag = QueuedBagWriter(bag, self.get_parameter("write_queue_mb").value << 20, on_drop=self._on_drop,
+        self.bag = QueuedBagWriter(bag, p.write_queue_mb << 20, on_drop=self._on_drop,
                                    flush_period=FLUSH_PERIOD)
         self._error_logged = False
         self._subs = {}
@@ -127,7 +117,7 @@ class RecorderNode(Node):
         self.get_logger().info(f"recording to {self.bag_path} ({storage}): {', '.join(self.topics)}")
         self._graph_timer = self.create_timer(GRAPH_POLL, self._discover)
         self._health_timer = self.create_timer(DROP_LOG_PERIOD, self._check_writer)
-        period = self.get_parameter("status_period").value
+        period = p.status_period
         self._last_status = None
         if period > 0:
             self._status_timer = self.create_timer(period, self._log_status)

@@ -26,20 +26,7 @@ Actions:
 Services:
   ~/reset_episode            vla_ros/ResetEpisode                 new seeded scene + task, arm at home
 
-Parameters (all read at start):
-  real_time_factor   double  1.0    simulation speed over wall-clock time; 0: as fast as the CPU allows
-  physics_hz         double  240.0  physics step rate
-  camera.names       string[] [front]  cameras to render: front, side
-  camera.width       int     96     image width, pixels
-  camera.height      int     96     image height, pixels
-  camera.rate        double  10.0   images per simulated second
-  joint_state_rate   double  100.0  joint_states (and ee_pose) per simulated second
-  objects            int     3      objects on the table (2..4)
-  seed               int     0      seed of the first episode
-  family             string  ""     task family of the first episode ("" random touch/push)
-  phrasing           string  train  phrasing set of the first episode (train, heldout)
-  publish_instruction bool   false  publish each episode's instruction on `instruction`
-  base_frame         string  panda_link0  frame of ee_pose and of twist commands
+Parameters: SPEC below, read at start (README's table is generated from it).
 """
 from __future__ import annotations
 
@@ -59,13 +46,14 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
-from rcl_interfaces.msg import ParameterDescriptor
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
-from vla_ros.ros.bag_common import PARAM_ERRORS, StopSignal, descriptor, spin_until_stopped
+from vla_ros.ros import params
+from vla_ros.ros.bag_common import StopSignal, spin_until_stopped
+from vla_ros.ros.params import PARAM_ERRORS, T, Spec
 from vla_ros.sim.panda import ARM_JOINTS, CAMERA_VIEWS, JOINT_NAMES, CameraSpec, PandaSim
 from vla_ros.sim.tasks import FAMILIES, PHRASINGS
 from vla_ros.srv import ResetEpisode
@@ -73,6 +61,26 @@ from vla_ros.srv import ResetEpisode
 LOOP_DT = 0.01          # s of simulated time per loop step (/clock resolution), rounded to whole physics steps
 GRIPPER_TOLERANCE = 0.002   # m: GripperCommand reached_goal
 GRIPPER_STALL_TIME = 0.3    # s of simulated time without finger motion: stalled (holding an object)
+
+SPEC: Spec = {
+    "real_time_factor": (T.DOUBLE, 1.0, "Simulation speed over wall-clock time; 0: as fast as the CPU allows.",
+                         {"range": (0.0, 100.0)}),
+    "physics_hz": (T.DOUBLE, 240.0, "Physics steps per simulated second.", {"range": (100.0, 2000.0)}),
+    "camera.names": (T.STRING_ARRAY, ["front"], "Cameras to render: " + ", ".join(CAMERA_VIEWS) + ".", {}),
+    "camera.width": (T.INTEGER, 96, "Image width, pixels.", {"range": (16, 1920)}),
+    "camera.height": (T.INTEGER, 96, "Image height, pixels.", {"range": (16, 1080)}),
+    "camera.rate": (T.DOUBLE, 10.0, "Images per simulated second.", {"range": (0.1, 100.0)}),
+    "joint_state_rate": (T.DOUBLE, 100.0, "joint_states (and ee_pose) per simulated second.", {"range": (1.0, 100.0)}),
+    "objects": (T.INTEGER, 3, "Objects on the table.", {"range": (2, 4)}),
+    "seed": (T.INTEGER, 0, "Seed of the first episode.", {}),
+    "family": (T.STRING, "", "Task family of the first episode: " + ", ".join(FAMILIES) + "; empty: random touch "
+               "or push.", {}),
+    "phrasing": (T.STRING, "train", "Phrasing set of the first episode: " + " or ".join(PHRASINGS) + ".", {}),
+    "publish_instruction": (T.BOOL, False, "Publish each episode's instruction on `instruction` (transient local).",
+                            {}),
+    "base_frame": (T.STRING, "panda_link0", "Frame of ee_pose and of twist commands.", {}),
+}
+SimRobotParams = params.attributes_class("SimRobotParams", SPEC)
 
 
 def _stamp(t: float) -> TimeMsg:
@@ -103,39 +111,25 @@ class SimRobotNode(Node):
     def __init__(self, stop: threading.Event, **kwargs):
         super().__init__("sim_robot_node", **kwargs)
         self.stop = stop
-        d = self.declare_parameter
-        d("real_time_factor", 1.0, descriptor("Simulation speed over wall-clock time; 0: as fast as possible.",
-                                              float_range=(0.0, 100.0)))
-        d("physics_hz", 240.0, descriptor("Physics steps per simulated second.", float_range=(100.0, 2000.0)))
-        d("camera.names", ["front"], ParameterDescriptor(description="Cameras to render: " + ", ".join(CAMERA_VIEWS)))
-        d("camera.width", 96, descriptor("Image width, pixels.", int_range=(16, 1920)))
-        d("camera.height", 96, descriptor("Image height, pixels.", int_range=(16, 1080)))
-        d("camera.rate", 10.0, descriptor("Images per simulated second.", float_range=(0.1, 100.0)))
-        d("joint_state_rate", 100.0, descriptor("joint_states per simulated second.", float_range=(1.0, 100.0)))
-        d("objects", 3, descriptor("Objects on the table.", int_range=(2, 4)))
-        d("seed", 0, descriptor("Seed of the first episode."))
-        d("family", "", descriptor("Task family of the first episode: touch, push, pick; empty: random."))
-        d("phrasing", "train", descriptor("Phrasing set of the first episode: train or heldout."))
-        d("publish_instruction", False, descriptor("Publish each episode's instruction on `instruction`."))
-        d("base_frame", "panda_link0", descriptor("Frame of ee_pose and of twist commands."))
-        g = lambda n: self.get_parameter(n).value  # noqa: E731
-        self.cams = list(g("camera.names"))
+        params.declare(self, SPEC)
+        p = params.read(self, SPEC, SimRobotParams)
+        self.cams = list(p.camera.names)
         unknown = [c for c in self.cams if c not in CAMERA_VIEWS]
         if not self.cams or unknown:
             raise ValueError(f"parameter 'camera.names' has unknown camera(s) {unknown or '(none given)'}; "
                              f"available: {sorted(CAMERA_VIEWS)}")
-        family, phrasing = g("family"), g("phrasing")
+        family, phrasing = p.family, p.phrasing
         problem = _episode_problem(family, phrasing)
         if problem:
             raise ValueError(f"parameter {problem}")
-        self.rtf = g("real_time_factor")
-        self.base_frame = g("base_frame")
-        self.camera_period = 1.0 / g("camera.rate")
-        self.joint_period = 1.0 / g("joint_state_rate")
+        self.rtf = p.real_time_factor
+        self.base_frame = p.base_frame
+        self.camera_period = 1.0 / p.camera.rate
+        self.joint_period = 1.0 / p.joint_state_rate
         self.lock = threading.RLock()
-        specs = [CameraSpec.named(c, g("camera.width"), g("camera.height")) for c in self.cams]
-        self.sim = PandaSim(specs, physics_hz=g("physics_hz"), objects=g("objects"))
-        self.loop_dt = max(1, round(LOOP_DT * g("physics_hz"))) * self.sim.dt
+        specs = [CameraSpec.named(c, p.camera.width, p.camera.height) for c in self.cams]
+        self.sim = PandaSim(specs, physics_hz=p.physics_hz, objects=p.objects)
+        self.loop_dt = max(1, round(LOOP_DT * p.physics_hz)) * self.sim.dt
         self._succeeded = False
         self._fjt_goal = None
         self._gripper_goal = None
@@ -147,7 +141,7 @@ class SimRobotNode(Node):
         self.success_pub = self.create_publisher(Bool, "task_success", 10)
         self.image_pubs = {c: self.create_publisher(Image, f"{c}/image_raw", qos_profile_sensor_data)
                            for c in self.cams}
-        self.publish_instruction = g("publish_instruction")
+        self.publish_instruction = p.publish_instruction
         self.instruction_pub = self.create_publisher(
             String, "instruction", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                               durability=DurabilityPolicy.TRANSIENT_LOCAL))
@@ -162,10 +156,10 @@ class SimRobotNode(Node):
                      goal_callback=lambda _: GoalResponse.ACCEPT, cancel_callback=lambda _: CancelResponse.ACCEPT,
                      callback_group=group)
         self.create_service(ResetEpisode, "~/reset_episode", self._on_reset, callback_group=group)
-        self._reset(g("seed"), family or None, phrasing)
+        self._reset(p.seed, family or None, phrasing)
         self.get_logger().info(
-            f"simulated Panda ready: cameras {self.cams} {g('camera.width')}x{g('camera.height')} at "
-            f"{g('camera.rate'):g} Hz, real_time_factor {self.rtf:g}; task: '{self.sim.task.instruction}'")
+            f"simulated Panda ready: cameras {self.cams} {p.camera.width}x{p.camera.height} at "
+            f"{p.camera.rate:g} Hz, real_time_factor {self.rtf:g}; task: '{self.sim.task.instruction}'")
 
     # ---------------------------------------------------------------- helpers
     def _warn_once(self, key: str, text: str):
