@@ -58,16 +58,16 @@ from std_srvs.srv import Trigger  # noqa: E402
 from ros_testing import RosProcess, SpinningNode, remove_stale_shm, shm_files  # noqa: E402
 from vla_ros.action import ExecuteInstruction  # noqa: E402
 from vla_ros.msg import ActionChunk  # noqa: E402
+from vla_ros.robots import robot_joints  # noqa: E402
 
 PARAMS = ROOT / "config" / "robots" / "sim_panda_joint.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
 JOINTS = [f"panda_joint{i}" for i in range(1, 8)]
 HOME = [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785]
-LOWER = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
-UPPER = np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973])
-MAX_VEL = np.array([2.1750, 2.1750, 2.1750, 2.1750, 2.6100, 2.6100, 2.6100])
-MAX_ACC = np.array([15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0])
-RATE, MAX_STEP, MAX_AGE, JS_TIMEOUT = 30.0, 0.05, 0.5, 0.5
+PANDA = robot_joints(PARAMS)
+LOWER, UPPER, MAX_VEL, MAX_ACC, MAX_STEP = (PANDA.lower, PANDA.upper, PANDA.max_velocity, PANDA.max_acceleration,
+                                            PANDA.max_step)
+RATE, MAX_AGE, JS_TIMEOUT = 30.0, 0.5, 0.5
 STEP_BOUND = np.minimum(MAX_STEP, MAX_VEL / RATE) + 1e-9
 WINDOW = 1.8                          # injection window (s)
 GRACE = MAX_AGE + 1 / RATE + 0.35     # watchdog + a tick + deceleration to rest

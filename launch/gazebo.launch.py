@@ -51,5 +51,6 @@ def generate_launch_description():
             "robot": cfg["robot"], "checkpoint": cfg["checkpoint"], "dry_run": cfg["dry_run"], "use_sim_time": "true",
             "camera_topic": cfg["gz_camera_topic"],
             "trajectory_action": ["/", cfg["trajectory_controller"], "/follow_joint_trajectory"],
+            "gripper_action": "/gripper_controller/gripper_cmd", "joint_states_topic": "/joint_states",
         }.items())
     return LaunchDescription([*args, gazebo, state_publisher, spawn, bridge, broadcaster, trajectory, policy])

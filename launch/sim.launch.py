@@ -59,11 +59,8 @@ def generate_launch_description():
                                                             "policy.launch.py"])),
         launch_arguments={"robot": cfg["robot"], "checkpoint": checkpoint, "model_server": cfg["model_server"],
                           "server_mapping": cfg["server_mapping"],
-                          "use_sim_time": "true", "dry_run": cfg["dry_run"], "log_level": cfg["log_level"],
-                          "camera_topic": "front/image_raw", "joint_states_topic": "joint_states",
-                          # sim_robot_node serves both actions under these names
-                          "trajectory_action": "follow_joint_trajectory",
-                          "gripper_action": "gripper_command"}.items())
+                          "use_sim_time": "true", "dry_run": cfg["dry_run"],
+                          "log_level": cfg["log_level"]}.items())
     recorder = Node(package="vla_ros", executable="recorder_node", name="recorder", output="screen",
                     parameters=[{"topics": RECORDED, "output_dir": cfg["output_dir"], "use_sim_time": True}],
                     sigterm_timeout="30", condition=IfCondition(cfg["record"]))

@@ -13,11 +13,11 @@ from controller_standin import PANDA_JOINTS, RobotStandIn
 from ros_testing import ROOT, call_service, executable, ros_process, wait_for, wait_future, wait_quiet
 from vla_ros.action import ExecuteInstruction
 from vla_ros.msg import ActionChunk, PolicyStatus
+from vla_ros.robots import robot_joints
 
 PARAMS = ROOT / "config" / "robots" / "sim_panda_joint.yaml"
-LOWER = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
-UPPER = np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973])
-MAX_STEP = 0.05
+PANDA = robot_joints(PARAMS)
+LOWER, UPPER, MAX_STEP = PANDA.lower, PANDA.upper, PANDA.max_step
 
 
 def node_cmd(*overrides):

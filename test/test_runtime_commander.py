@@ -3,14 +3,13 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vla_ros.robots import robot_joints
 from vla_ros.runtime.commander import JointCommander
 from vla_ros.runtime.safety import JointLimits, SafetyFilter
 
 # The simulated Panda's limits (config/robots/sim_panda_joint.yaml), 30 Hz, max_step 0.05 rad.
-LOWER = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
-UPPER = np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973])
-VMAX = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61])
-AMAX = np.array([15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0])
+PANDA = robot_joints("sim_panda_joint")
+LOWER, UPPER, VMAX, AMAX = PANDA.lower, PANDA.upper, PANDA.max_velocity, PANDA.max_acceleration
 DT = 1 / 30
 HOME = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785])
 EPS = 1e-9

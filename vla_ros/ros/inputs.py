@@ -66,7 +66,7 @@ class Inputs:
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         subs += [n.create_subscription(String, "instruction", self._on_instruction, latched,
                                        callback_group=callback_group),
-                 n.create_subscription(JointState, "joint_states", self._on_joint_states, qos_profile_sensor_data,
+                 n.create_subscription(JointState, p.joint_states.topic, self._on_joint_states, qos_profile_sensor_data,
                                        callback_group=callback_group),
                  n.create_subscription(Bool, "task_success", lambda m: controller.note_success(m.data), 10,
                                        callback_group=callback_group)]

@@ -170,12 +170,12 @@ class FollowJointTrajectoryOutput(JointOutput):
                  chunk_count: Callable[[], int], callback_group=None):
         super().__init__(node, p, safety, log_once, current)
         self.peek, self.chunk_count = peek, chunk_count
-        self.client = ActionClient(node, FollowJointTrajectory, "follow_joint_trajectory",
+        self.client = ActionClient(node, FollowJointTrajectory, p.controllers.follow_joint_trajectory,
                                    callback_group=callback_group)
         self.outbox = Outbox(node, self._send_now, callback_group)
         # The action's goal service as remapped (e.g. follow_joint_trajectory:=/arm_controller/...), to
         # count its servers: count_services does not apply remapping itself.
-        self.action_name = node.resolve_topic_name("follow_joint_trajectory")
+        self.action_name = node.resolve_topic_name(p.controllers.follow_joint_trajectory)
         self.send_goal_service = self.action_name + "/_action/send_goal"
         self.entities += [self.outbox.destroy, self.client.destroy]
         self.goal = None
@@ -341,7 +341,7 @@ class GripperOutput:
 
     def __init__(self, node, p, log_once, callback_group=None):
         self.node, self.p, self.log_once = node, p, log_once
-        self.client = ActionClient(node, GripperCommand, "gripper_command", callback_group=callback_group)
+        self.client = ActionClient(node, GripperCommand, p.controllers.gripper_command, callback_group=callback_group)
         self.outbox = Outbox(node, lambda goal: self.client.send_goal_async(goal), callback_group)
         self.state = None
 

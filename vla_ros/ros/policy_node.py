@@ -13,7 +13,8 @@ starts commanding, deactivate holds the arm. Three activities, each on its own t
     ExecuteInstruction server (goals are coroutines, see task_server.py), status. Single-threaded on purpose: rclpy's
     MultiThreadedExecutor lost 60 % of four 640x480 cameras at 30 Hz here.
 
-Topics, services and actions (relative names; remap them to the robot's):
+Topics, services and actions (relative names; remap them to the robot's, or name them with the
+parameters joint_states.topic, controllers.follow_joint_trajectory, controllers.gripper_command):
   subscribes  <camera>/image_raw (sensor_msgs/Image) or <camera>/image_raw/compressed
               instruction (std_msgs/String, transient local), joint_states (sensor_msgs/JointState),
               task_success (std_msgs/Bool), ee_pose (geometry_msgs/PoseStamped) [output.mode pose]

@@ -85,6 +85,9 @@ SPEC: Spec = {
                                   "Joint states further than this (rad or m) outside joints.lower/upper are "
                                   "refused as wrong (names, units, calibration); the arm holds.",
                                   {"range": (0.0, 100.0)}),
+    "joint_states.topic": (Parameter.Type.STRING, "joint_states",
+                           "The robot's sensor_msgs/JointState topic (a relative name is in the node's namespace).",
+                           {}),
     "instruction.max_length": (Parameter.Type.INTEGER, 512,
                                "Longest accepted instruction in characters; longer ones are rejected.",
                                {"range": (1, 100000)}),
@@ -107,6 +110,11 @@ SPEC: Spec = {
                     "forward_position (Float64MultiArray), twist (TwistStamped, MoveIt Servo) or pose "
                     "(PoseStamped targets from the current ee_pose).",
                     {"choices": OUTPUT_MODES}),
+    "controllers.follow_joint_trajectory": (Parameter.Type.STRING, "follow_joint_trajectory",
+                                            "FollowJointTrajectory action of the robot's joint trajectory "
+                                            "controller (output.mode follow_joint_trajectory).", {}),
+    "controllers.gripper_command": (Parameter.Type.STRING, "gripper_command",
+                                    "GripperCommand action of the gripper (gripper.enabled).", {}),
     "output.trajectory_points": (Parameter.Type.INTEGER, 8,
                                  "Most points per FollowJointTrajectory goal (taken from the action queue).",
                                  {"range": (1, 1000)}),
