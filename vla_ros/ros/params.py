@@ -6,7 +6,7 @@ range=(lo, hi), choices=(...) and live=True (the one kind of parameter that may 
 the node runs; every other one is read-only once declared). A default of None declares the
 parameter with its type and no value. `declare` declares the table on a node, `read` returns
 its values as nested frozen attributes (`p.control.rate` for "control.rate") or raises
-`ParameterError` naming the parameter and its value;
+`ParameterError` naming the parameter and its value; `markdown` writes the table for README.
 """
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ T = Parameter.Type
 PARAM_ERRORS = (InvalidParameterTypeException, InvalidParameterValueException)
 _PY_TYPES = {T.BOOL: bool, T.INTEGER: int, T.DOUBLE: float, T.STRING: str, T.BYTE_ARRAY: tuple,
              T.BOOL_ARRAY: tuple, T.INTEGER_ARRAY: tuple, T.DOUBLE_ARRAY: tuple, T.STRING_ARRAY: tuple}
+_TYPE_NAMES = {T.BOOL: "bool", T.INTEGER: "int", T.DOUBLE: "double", T.STRING: "string", T.BYTE_ARRAY: "byte[]",
+               T.BOOL_ARRAY: "bool[]", T.INTEGER_ARRAY: "int[]", T.DOUBLE_ARRAY: "double[]",
+               T.STRING_ARRAY: "string[]"}
 
 
 class ParameterError(ValueError):
@@ -112,3 +115,33 @@ def read(node, spec: Spec, cls: type):
     """values() of the table, as an instance of cls (attributes_class of the same table)."""
     return freeze(cls, values(node, spec))
 
+
+def _default_text(ptype, default) -> str:
+    if default is None:
+        return "(none)"
+    if isinstance(default, str):
+        return f'`"{default}"`' if default == "" else f"`{default}`"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, (list, tuple)):
+        return "`[" + ", ".join(_default_text(ptype, d).strip("`") for d in default) + "]`"
+    if isinstance(default, float):
+        text = f"{default:g}"
+        return f"`{text if any(c in text for c in '.en') else text + '.0'}`"
+    return f"`{default}`"
+
+
+def markdown(spec: Spec) -> str:
+    """The table as a Markdown table: name, type, default, range or choices, description."""
+    lines = ["| parameter | type | default | range / choices | description |", "|---|---|---|---|---|"]
+    for name, (ptype, default, text, extra) in spec.items():
+        allowed = ""
+        if "range" in extra:
+            allowed = " .. ".join(str(x) if isinstance(x, int) else f"{x:g}" for x in extra["range"])
+        elif "choices" in extra:
+            allowed = ", ".join(extra["choices"])
+        if extra.get("live"):
+            allowed = (allowed + "; " if allowed else "") + "settable while running"
+        lines.append(f"| `{name}` | {_TYPE_NAMES[ptype]} | {_default_text(ptype, default)} | {allowed} | "
+                     f"{text.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
