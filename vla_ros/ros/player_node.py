@@ -26,8 +26,10 @@ from std_srvs.srv import Trigger
 
 from vla_ros.data.bags import BagError, BagReader
 from vla_ros.ros import params
-from vla_ros.ros.bag_common import StopSignal, message_class, qos, spin_until_stopped
+from vla_ros.ros.messages import message_class
 from vla_ros.ros.params import PARAM_ERRORS, T, Spec
+from vla_ros.ros.qos import qos
+from vla_ros.ros.shutdown import StopSignal, spin_until_stopped
 
 CLOCK_PERIOD = 0.025   # s of wall time between /clock messages while waiting for the next message
 ACK_TIMEOUT = 5.0      # s to wait at the end for reliable subscribers to acknowledge everything

@@ -35,8 +35,10 @@ from rclpy.signals import SignalHandlerOptions
 from vla_ros.data.bag_queue import QueuedBagWriter
 from vla_ros.data.bags import STORAGES, BagError, BagWriter
 from vla_ros.ros import params
-from vla_ros.ros.bag_common import StopSignal, message_class, offered_qos, qos
+from vla_ros.ros.messages import message_class
 from vla_ros.ros.params import PARAM_ERRORS, T, Spec
+from vla_ros.ros.qos import offered_qos, qos
+from vla_ros.ros.shutdown import StopSignal
 
 GRAPH_POLL = 0.1  # s between looks at the graph for publishers of topics not recorded yet
 # The graph does not tell a publisher's history depth (DDS does not carry it), so the queue is deep

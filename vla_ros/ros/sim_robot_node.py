@@ -52,8 +52,8 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.ros import params
-from vla_ros.ros.bag_common import StopSignal, spin_until_stopped
 from vla_ros.ros.params import PARAM_ERRORS, T, Spec
+from vla_ros.ros.shutdown import StopSignal, spin_until_stopped
 from vla_ros.sim.panda import ARM_JOINTS, CAMERA_VIEWS, JOINT_NAMES, CameraSpec, PandaSim
 from vla_ros.sim.tasks import FAMILIES, PHRASINGS
 from vla_ros.srv import ResetEpisode
