@@ -11,6 +11,7 @@ import threading
 import numpy as np
 from control_msgs.action import FollowJointTrajectory, GripperCommand
 from geometry_msgs.msg import PoseStamped, TwistStamped
+from lifecycle_msgs.srv import GetState
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -18,6 +19,7 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
 from ros_testing import SpinningNode
+from vla_ros.msg import PolicyStatus
 
 PANDA_JOINTS = [f"panda_joint{i}" for i in range(1, 8)]
 PANDA_HOME = [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785]
@@ -57,6 +59,10 @@ class RobotStandIn(SpinningNode):
                                        else GoalResponse.REJECT,
                                        cancel_callback=lambda h: CancelResponse.ACCEPT)
         self.gripper_server = ActionServer(n, GripperCommand, "gripper_command", self._gripper)
+        # What the policy node says about itself: its PolicyStatus messages and its lifecycle state.
+        self.statuses = []
+        n.create_subscription(PolicyStatus, "policy_node/status", self._rec(self.statuses), 10)
+        self.get_state = n.create_client(GetState, "policy_node/get_state")
         n.create_timer(0.02, self._publish_joint_states)
         n.create_timer(0.05, self._publish_image)
 

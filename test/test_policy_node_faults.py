@@ -16,7 +16,8 @@ from std_srvs.srv import Trigger
 
 from controller_standin import PANDA_JOINTS, RobotStandIn
 from ros_testing import call_service, wait_for, wait_future
-from test_policy_node import instruct, start_node, wait_active
+from test_policy_node import instruct, start_node, wait_active, wait_status
+from vla_ros.msg import PolicyStatus
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def png_header_only(width: int, height: int) -> bytes:
 
 def test_a_second_deactivate_is_answered_as_failed_and_the_node_keeps_running(robot, tmp_path):
     with start_node(tmp_path, "output.mode:=forward_position") as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         instruct(robot, proc, "touch the red cube")
         wait_for(lambda: robot.counts()["fwd"] >= 5, what="commands", process=proc)
         change = robot.node.create_client(ChangeState, "policy_node/change_state")
@@ -45,7 +46,8 @@ def test_a_second_deactivate_is_answered_as_failed_and_the_node_keeps_running(ro
         assert change.wait_for_service(timeout_sec=60)
         request = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE))
         wait_future(change.call_async(request), what="first deactivate")
-        wait_for(lambda: "inactive: holding the arm" in proc.output(), process=proc)
+        wait_status(robot, proc, lambda s: s.state == PolicyStatus.STATE_IDLE and s.instruction != "",
+                    what="status: idle with an instruction (inactive)")
         second = wait_future(change.call_async(request), what="an answer to the second deactivate")
         assert second.success is False
         wait_for(lambda: "lifecycle transition 4 refused in state 'inactive'" in proc.output(), process=proc)
@@ -63,7 +65,7 @@ def test_decompression_bombs_and_odd_frames_are_refused_before_decoding(robot, t
         "compressed image exceeds the limit": lambda: compressed.publish(CompressedImage(format="png", data=bomb)),
     }
     with start_node(tmp_path, "cameras.transports:=[compressed]", "output.mode:=forward_position") as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         wait_for(lambda: compressed.get_subscription_count() > 0, what="node subscribed", process=proc)
         estop = robot.node.create_client(Trigger, "policy_node/estop")
         assert estop.wait_for_service(timeout_sec=60)
@@ -93,7 +95,7 @@ def test_odd_raw_frames_are_refused_with_one_line(robot, tmp_path, kind, make, n
     raw = robot.node.create_publisher(Image, "front/image_raw", qos_profile_sensor_data)
     robot.publish_images = False
     with start_node(tmp_path, "output.mode:=forward_position") as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         wait_for(lambda: raw.get_subscription_count() > 0, what="node subscribed", process=proc)
         msg = make()
 
@@ -115,7 +117,7 @@ def test_frames_stamped_far_from_the_node_clock_are_refused_and_the_arm_holds(ro
     robot.publish_images = False
     raw = robot.node.create_publisher(Image, "front/image_raw", qos_profile_sensor_data)
     with start_node(tmp_path, "output.mode:=forward_position") as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         instruct(robot, proc, "touch the red cube")
         img = Image(height=64, width=64, encoding="rgb8", step=192, data=robot.image.tobytes())
 
@@ -140,7 +142,7 @@ def test_joint_states_with_mismatched_lengths_are_named_plainly(robot, tmp_path)
         return msg
     robot.joint_state_override = short_positions
     with start_node(tmp_path, "output.mode:=forward_position") as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         wait_for(lambda: "joint_states has 7 names but 3 positions" in proc.output(), process=proc)
         assert "lacks configured joints []" not in proc.output()
         assert len(PANDA_JOINTS) == 7 and np.isfinite(robot.position).all()
@@ -161,7 +163,7 @@ def test_a_second_trajectory_server_under_the_same_name_gets_no_goal_until_it_is
         return FollowJointTrajectory.Result(error_code=0)
     twin = ActionServer(robot.node, FollowJointTrajectory, "follow_joint_trajectory", accept)
     with start_node(tmp_path) as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         instruct(robot, proc, "touch the red cube")
         wait_for(lambda: "2 FollowJointTrajectory servers answer '/follow_joint_trajectory'" in proc.output(),
                  what="the second server reported", process=proc)
@@ -213,7 +215,7 @@ def test_joint_states_no_arm_can_be_in_are_refused_with_one_line_until_good_agai
     node never commands from it, says so once, and commands again once joint states are sane."""
     robot.joint_state_override = bad
     with start_node(tmp_path, "output.mode:=forward_position") as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         instruct(robot, proc, "touch the red cube")
         wait_for(lambda: line in proc.output(), what="the refusal", process=proc)
         wait_for(lambda: "none yet from joint_states" in proc.output(), what="the hold", process=proc)
