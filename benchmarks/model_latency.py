@@ -87,7 +87,7 @@ def bench_preset(name: str, iters: int, warmup: int, budget_s: float, devices: l
     from vla_ros.model import build_policy, compute_stats, load_preset, make_generator
     from vla_ros.model.compression import quantize_dynamic_int8
     from vla_ros.runtime.engine import InferenceEngine
-    from vla_ros.runtime.preprocess import preprocess_images
+    from vla_ros.imaging.preprocess import preprocess_images
 
     try:
         import transformers

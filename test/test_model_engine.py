@@ -10,7 +10,7 @@ import torch
 from conftest_model import batch_stats, make_batch, one_thread, seed_all, tiny_config  # noqa: F401
 from vla_ros.model import Observation, build_policy, load_policy
 from vla_ros.runtime.engine import InferenceEngine, resolve_device
-from vla_ros.runtime.preprocess import preprocess_image, preprocess_images, resize_center_crop
+from vla_ros.imaging.preprocess import preprocess_image, preprocess_images, resize_center_crop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STAGES = {"preprocess", "encode", "decode", "postprocess", "total"}

@@ -10,7 +10,7 @@ with a zero stamp, use the bag's receive timestamp):
 * frames: the first camera is the reference; every other camera contributes its frame
   nearest in time within ``camera_sync_tolerance`` (a reference frame without one is
   dropped). Images are decoded (rgb8, bgr8, mono8, ... or JPEG/PNG CompressedImage),
-  resized and center-cropped to ``image_size`` with ``runtime.preprocess.resize_center_crop``
+  resized and center-cropped to ``image_size`` with ``imaging.preprocess.resize_center_crop``
   and stored as uint8 ``(T, V, S, S, 3)`` RGB.
 * state: for each frame, the latest joint positions at or before the frame stamp, by joint
   name (joint-state messages carrying only some joints are merged); frames before all the
@@ -51,8 +51,8 @@ import torch
 
 from vla_ros.data.bags import BagError, BagReader, typestore_for
 from vla_ros.model.normalization import FeatureStats, compute_stats
-from vla_ros.runtime.images import ImageDecodeError, decode_compressed, decode_raw
-from vla_ros.runtime.preprocess import resize_center_crop
+from vla_ros.imaging.decode import ImageDecodeError, decode_compressed, decode_raw
+from vla_ros.imaging.preprocess import resize_center_crop
 
 log = logging.getLogger("vla_ros.data.dataset")
 

@@ -135,7 +135,7 @@ class VLAPolicy(nn.Module):
                 f"RGB, height, width), got {tuple(images.shape)}"
             )
         if images.dtype == torch.uint8:
-            raise ValueError("images must be float in [0, 1], got uint8 (divide by 255 or use runtime.preprocess)")
+            raise ValueError("images must be float in [0, 1], got uint8 (divide by 255 or use imaging.preprocess)")
 
     def _state_tensor(self, state: Any, batch: int) -> torch.Tensor | None:
         c = self.config

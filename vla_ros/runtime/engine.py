@@ -28,7 +28,7 @@ import torch
 
 from ..model.policy import VLAPolicy, make_generator
 from ..model.types import ActionChunk
-from .preprocess import COLOR_ORDERS, preprocess_images
+from ..imaging.preprocess import COLOR_ORDERS, preprocess_images
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
