@@ -287,7 +287,7 @@ def test_split_by_episode_seeded(tmp_path):
 
 
 def test_dataset_batches_for_policy_loss(tmp_path):
-    from vla_ros.model import build_policy, load_preset
+    from vla_ros.model import RobotInterface, build_policy, load_preset
     root = tmp_path / "bags"
     write_episode(root / "a", n_ticks=6, storage="mcap")
     write_episode(root / "b", n_ticks=5, storage="sqlite3", instruction="open the drawer")
@@ -310,8 +310,8 @@ def test_dataset_batches_for_policy_loss(tmp_path):
     non_pad = np.concatenate([e.actions[~e.action_is_pad] for e in data.episodes])
     assert stats["action"].count == len(non_pad) and stats["state"].count == 11
     np.testing.assert_allclose(stats["action"].max, non_pad.max(0), rtol=1e-6)
-    policy = build_policy(load_preset("tiny", action_names=cfg.action_names, action_dim=0, state_names=cfg.state_names,
-                                      state_dim=0, camera_names=cfg.camera_names, chunk_size=4, image_size=32))
+    robot = RobotInterface(action_names=cfg.action_names, camera_names=cfg.camera_names, state_names=cfg.state_names)
+    policy = build_policy(load_preset("tiny", chunk_size=4, image_size=32), robot)
     policy.set_normalization_stats(stats)
     loss, _ = policy.loss(batch)
     loss.backward()

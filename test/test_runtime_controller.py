@@ -15,8 +15,8 @@ from vla_ros.runtime.controller import Controller, ControllerConfig, Hold, Obser
 
 T0 = 100.0   # activation time (s on the node's clock)
 P = 0.01     # control period (s)
-H = 8        # horizon
-CFG = ControllerConfig(cameras=["front"], horizon=H, dim=2, period=P, camera_timeout=0.3, joint_timeout=0.3,
+H = 8        # chunk size
+CFG = ControllerConfig(cameras=["front"], chunk_size=H, dim=2, period=P, camera_timeout=0.3, joint_timeout=0.3,
                        inference_timeout=0.5, refill_threshold=4)
 CFG2 = dataclasses.replace(CFG, cameras=["front", "wrist"])
 JOINTS = np.array([0.1, -0.2])
@@ -401,7 +401,7 @@ def test_take_request_none_while_the_queue_holds_more_than_refill_threshold():
     assert obs is not None and obs.start_tick == 0  # the frame's stamp, not the request time, places it
 
 
-def test_refill_threshold_is_capped_below_the_horizon():
+def test_refill_threshold_is_capped_below_the_chunk_size():
     c = Controller(dataclasses.replace(CFG, refill_threshold=50))
     assert c.queue.refill_threshold == H - 1
 

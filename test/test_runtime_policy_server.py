@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from vla_ros.model import save_policy
 from vla_ros.runtime.controller import Observation
 from vla_ros.runtime.policy_client import SLOTS, PolicyProcess
 from vla_ros.runtime.policy_loader import PolicyLoadError, load_engine
@@ -146,7 +147,7 @@ def torch_one_thread():
 def _save_checkpoint(path, cameras):
     torch.manual_seed(0)
     engine = load_engine("", "tiny", JOINTS, 7, JOINTS, cameras, device="cpu", warmup=0, log=lambda _t: None)
-    engine.engine.policy.save(path)
+    save_policy(engine.engine.policy, path)
     return str(path)
 
 
@@ -202,7 +203,7 @@ def test_ready_metadata(served):
     _, _, meta = served
     assert meta["type"] == "ready"
     assert meta["action_names"] == JOINTS and meta["state_names"] == JOINTS
-    assert meta["horizon"] == 8 and meta["action_dim"] == 7 and meta["device"] == "cpu"
+    assert meta["chunk_size"] == 8 and meta["action_dim"] == 7 and meta["device"] == "cpu"
 
 
 def test_server_chunk_equals_in_process_engine(server, reference):

@@ -14,8 +14,9 @@ What a run writes under ``out_dir``::
     best/                 the policy with the lowest validation loss so far (+ metrics.json)
     train_log.jsonl       one JSON object per logged step / validation
 
-The model config (a preset name or JSON file) gets its action, state and camera names,
-chunk size and image size from the dataset config. Normalization statistics come from the
+The policy's robot interface (action, state and camera names) comes from the episodes'
+metadata; the model config (a preset name or JSON file) takes its chunk size and image size
+from the dataset config. Normalization statistics come from the
 training split. Training: AdamW (no weight decay on biases and norms), linear warmup then
 cosine decay, gradient clipping, DrQ-style random-shift augmentation (replicate-pad, random
 crop), batches sampled uniformly with replacement by a seeded generator.
@@ -43,8 +44,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vla_ros.cli_fields import add_field_option
 from vla_ros.data.dataset import DatasetConfig, Episode, EpisodeDataset, load_episodes, split_episodes
-from vla_ros.model import VLAConfig, build_policy, load_policy, load_preset, make_generator
+from vla_ros.model import (RobotInterface, VLAConfig, build_policy, load_policy, load_preset, make_generator,
+                           resolve_device, save_policy)
+from vla_ros.model.checkpoint import CONFIG_FILE, read_config
 from vla_ros.model.policy import VLAPolicy
 
 log = logging.getLogger("vla_ros.training")
@@ -64,10 +68,10 @@ class TrainingError(ValueError):
 class TrainConfig:
     """Optimization and bookkeeping of one training run."""
 
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
+    steps: int = 2000                 # optimizer steps
+    batch_size: int = 32              # frames per batch
+    lr: float = 3e-4                  # peak learning rate
+    weight_decay: float = 1e-4        # AdamW weight decay (not on biases and norms)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     # Linear warmup over this many steps, then cosine decay to lr * min_lr_ratio.
     # None: min(100, steps // 10).
@@ -77,11 +81,11 @@ class TrainConfig:
     augment: bool = True              # DrQ random shift
     augment_pad: int = 4              # pixels of replicate padding before the random crop
     val_fraction: float = 0.1         # share of episodes held out (by episode)
-    val_every: int = 200
+    val_every: int = 200              # steps between validations
     val_max_batches: int = 20         # validation on at most this many batches (a fixed subset)
-    checkpoint_every: int = 500
-    log_every: int = 10
-    seed: int = 0
+    checkpoint_every: int = 500       # steps between checkpoints (out_dir/last)
+    log_every: int = 10               # steps between train_log.jsonl entries
+    seed: int = 0                     # seed of python, numpy and torch RNGs
     threads: int = 0                  # torch intra-op threads (0: torch's default)
     device: str = "cpu"               # "cpu", "cuda", "cuda:N" or "auto"
     progress: bool = True             # tqdm progress bar
@@ -129,30 +133,26 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------- helpers
 def resolve_model_config(config: str | os.PathLike | VLAConfig | dict, dataset_config: DatasetConfig) -> VLAConfig:
-    """A preset name / JSON path / VLAConfig with the robot interface taken from the dataset:
-    action, state and camera names, chunk size and image size."""
-    overrides = dict(action_names=dataset_config.action_names, action_dim=0,
-                     state_names=dataset_config.state_names, state_dim=0,
-                     camera_names=dataset_config.camera_names, chunk_size=dataset_config.chunk_size,
-                     image_size=dataset_config.image_size)
-    if isinstance(config, (VLAConfig, dict)):
-        data = config.to_dict() if isinstance(config, VLAConfig) else dict(config)
-        data.update(overrides)
-        names = set(data["action_names"]) | set(data["state_names"])
-        data["unnormalized_names"] = [n for n in data.get("unnormalized_names", []) if n in names]
-        return VLAConfig.from_dict(data)
-    return load_preset(str(config), **overrides)
+    """A preset name / JSON path / VLAConfig (or its dict) with the chunk size and image size
+    of the dataset config, which cut and resized the training samples."""
+    if isinstance(config, VLAConfig):
+        base = config
+    elif isinstance(config, dict):
+        base = VLAConfig.from_dict(config)
+    else:
+        base = load_preset(str(config))
+    changed = {k: getattr(dataset_config, k) for k in ("chunk_size", "image_size")
+               if getattr(base, k) != getattr(dataset_config, k)}
+    if changed:
+        log.info("model config %s: %s taken from the dataset config", config if isinstance(config, str) else "",
+                 ", ".join(f"{k} {getattr(base, k)} -> {v}" for k, v in changed.items()))
+    return base.replace(**changed) if changed else base
 
 
-def select_device(device: str) -> torch.device:
-    """"cpu", "cuda[:N]" (CPU with a warning when CUDA is unavailable) or "auto"."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        log.warning("device %s asked for but CUDA is not available: training on the CPU", device)
-        return torch.device("cpu")
-    return dev
+def robot_interface_of(dataset: EpisodeDataset | DatasetConfig) -> RobotInterface:
+    """The robot interface in a dataset's metadata: its action, state and camera names."""
+    return RobotInterface(action_names=list(dataset.action_names), camera_names=list(dataset.camera_names),
+                          state_names=list(dataset.state_names))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -222,7 +222,7 @@ def save_training_checkpoint(path: Path, policy: VLAPolicy, optimizer: torch.opt
     from safetensors.torch import save_file
 
     def fill(tmp: Path) -> None:
-        policy.save(tmp)
+        save_policy(policy, tmp)
         dataset_config.save(tmp / DATASET_CONFIG_FILE)
         opt = optimizer.state_dict()
         tensors: dict[str, torch.Tensor] = {}
@@ -328,7 +328,7 @@ def train(data: Sequence[str | os.PathLike] | Sequence[Episode] | None, out_dir:
     if resume and last_dir.is_dir():
         meta, tensors = load_training_state(last_dir)
         dataset_config = DatasetConfig.load(last_dir / DATASET_CONFIG_FILE)
-        model_cfg = VLAConfig.from_json(last_dir / "config.json")
+        model_cfg, saved_interface = read_config(last_dir / CONFIG_FILE)
         if train_config is None:
             train_config = TrainConfig.from_dict(meta["train_config"])
         if data is None:
@@ -343,14 +343,14 @@ def train(data: Sequence[str | os.PathLike] | Sequence[Episode] | None, out_dir:
             raise TrainingError(f"{out} already holds a run ({last_dir} exists): pass resume=True (--resume) "
                                 f"or choose another output directory")
         dataset_config = dataset_config or DatasetConfig()
-        model_cfg = resolve_model_config(model_config, dataset_config)
+        model_cfg, saved_interface = resolve_model_config(model_config, dataset_config), None
     cfg = train_config or TrainConfig()
     if data is None:
         raise TrainingError("no training data given")
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = select_device(cfg.device)
+    device = resolve_device(cfg.device)
 
     # ---- data
     data_paths: list[str] | None = None
@@ -364,14 +364,15 @@ def train(data: Sequence[str | os.PathLike] | Sequence[Episode] | None, out_dir:
     train_eps, val_eps = split_episodes(episodes, cfg.val_fraction, cfg.seed)
     train_ds = EpisodeDataset(train_eps)
     val_ds = EpisodeDataset(val_eps) if val_eps else None
-    if train_ds.action_names != model_cfg.action_names or train_ds.state_names != model_cfg.state_names or \
-            train_ds.camera_names != model_cfg.camera_names or train_ds.chunk_size != model_cfg.chunk_size or \
-            train_ds.image_size != model_cfg.image_size:
+    interface = robot_interface_of(train_ds)
+    if (saved_interface is not None and interface != saved_interface) or \
+            train_ds.chunk_size != model_cfg.chunk_size or train_ds.image_size != model_cfg.image_size:
+        model_interface = saved_interface or interface
         raise TrainingError(
-            f"episodes (actions {train_ds.action_names}, state {train_ds.state_names}, cameras "
-            f"{train_ds.camera_names}, chunk {train_ds.chunk_size}, image {train_ds.image_size}) do not match the "
-            f"model config (actions {model_cfg.action_names}, state {model_cfg.state_names}, cameras "
-            f"{model_cfg.camera_names}, chunk {model_cfg.chunk_size}, image {model_cfg.image_size})")
+            f"episodes (actions {interface.action_names}, state {interface.state_names}, cameras "
+            f"{interface.camera_names}, chunk {train_ds.chunk_size}, image {train_ds.image_size}) do not match the "
+            f"model (actions {model_interface.action_names}, state {model_interface.state_names}, cameras "
+            f"{model_interface.camera_names}, chunk {model_cfg.chunk_size}, image {model_cfg.image_size})")
     log.info("%d training episodes (%d frames), %d validation episodes (%d frames)", len(train_eps), len(train_ds),
              len(val_eps), len(val_ds) if val_ds else 0)
     if val_ds is None:
@@ -382,7 +383,7 @@ def train(data: Sequence[str | os.PathLike] | Sequence[Episode] | None, out_dir:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     torch.manual_seed(cfg.seed)
-    policy = build_policy(model_cfg)
+    policy = build_policy(model_cfg, interface)
     policy.set_normalization_stats(train_ds.stats())
     policy.to(device).train()
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -469,7 +470,7 @@ def train(data: Sequence[str | os.PathLike] | Sequence[Episode] | None, out_dir:
                     best_val, best_step = val_loss, step
 
                     def fill_best(tmp: Path) -> None:
-                        policy.save(tmp)
+                        save_policy(policy, tmp)
                         dataset_config.save(tmp / DATASET_CONFIG_FILE)
                         (tmp / "metrics.json").write_text(json.dumps({"step": step, "val_loss": val_loss}) + "\n")
 
@@ -558,21 +559,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue from OUT/last if it exists (its model and dataset configs and, without --data, "
                         "its data; options given here override its training options)")
     add_dataset_arguments(p)
-    g = p.add_argument_group("optimization")
-    g.add_argument("--steps", type=int, help="optimizer steps (default 2000)")
-    g.add_argument("--batch-size", type=int, help="frames per batch (default 32)")
-    g.add_argument("--lr", type=float, help="peak learning rate (default 3e-4)")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-4)")
-    g.add_argument("--warmup-steps", type=int, help="linear warmup steps (default: min(100, steps / 10))")
-    g.add_argument("--grad-clip", type=float, help="max gradient norm, 0 for none (default 1.0)")
+    g = p.add_argument_group("optimization (TrainConfig)")
+    for name in _TRAIN_ARG_FIELDS:
+        add_field_option(g, TrainConfig, name, **({"type": int} if name == "warmup_steps" else {}))
     g.add_argument("--no-augment", action="store_true", help="turn off the random-shift image augmentation")
-    g.add_argument("--val-fraction", type=float, help="share of episodes held out for validation (default 0.1)")
-    g.add_argument("--val-every", type=int, help="steps between validations (default 200)")
-    g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
-    g.add_argument("--log-every", type=int, help="steps between train_log.jsonl entries (default 10)")
-    g.add_argument("--seed", type=int, help="seed of python, numpy and torch RNGs (default 0)")
-    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--device", help="cpu, cuda, cuda:N or auto (default cpu)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
