@@ -62,7 +62,7 @@ def add_field_option(parser: argparse._ActionsContainer, cls: type, name: str, *
     """
     default = field_default(cls, name)
     text = help or field_docs(cls).get(name) or name.replace("_", " ")
-    if default is not dataclasses.MISSING:
+    if default is not dataclasses.MISSING and not isinstance(default, bool):
         shown = "none" if default is None else (" ".join(map(str, default)) if isinstance(default, (list, tuple))
                                                else str(default))
         text = f"{text} (default: {shown})".replace("%", "%%")
