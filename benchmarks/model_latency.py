@@ -150,7 +150,7 @@ def bench_preset(name: str, iters: int, warmup: int, budget_s: float, devices: l
             "preset": name, "device": device, "precision": precision,
             "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
             "params": n_params, "trainable_params": n_train,
-            "image_size": cfg.image_size, "cameras": cfg.num_cameras, "chunk_size": cfg.chunk_size,
+            "image_size": cfg.image_size, "cameras": robot.num_cameras, "chunk_size": cfg.chunk_size,
             "action_head": cfg.action_head, "fusion": cfg.fusion, "vision": cfg.vision_encoder,
             "language": cfg.language_encoder,
             "infer_ms_p50": _percentile(lat, 50), "infer_ms_p99": _percentile(lat, 99),

@@ -20,10 +20,10 @@ def test_shipped_demo_checkpoint_is_small_safetensors_and_fits_the_sim_robot():
     assert size <= 10 * 2**20, f"{size / 2**20:.1f} MiB"
     assert not [p for p in CHECKPOINT.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl", ".ckpt")]
     policy = load_policy(CHECKPOINT)
-    cfg = policy.config
-    assert cfg.action_names == ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]  # ee_delta + gripper
-    assert cfg.camera_names == ["front"] and cfg.image_size == 96
-    assert all(n.startswith("panda_") for n in cfg.state_names)
+    robot = policy.interface
+    assert robot.action_names == ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]  # ee_delta + gripper
+    assert robot.camera_names == ["front"] and policy.config.image_size == 96
+    assert all(n.startswith("panda_") for n in robot.state_names)
 
 
 def test_demo_checkpoint_succeeds_in_closed_loop_episodes_through_the_ros_graph(tmp_path):

@@ -2,8 +2,8 @@
 
 One object for training (``loss``) and inference (``predict``), built by
 :func:`build_policy` from a :class:`VLAConfig` (the architecture) and a
-:class:`RobotInterface` (the names of its actions, state and cameras). The data flow, with B batch, V cameras,
-H chunk size, D action dims, C model width::
+:class:`RobotInterface` (the names of its actions, state and cameras). The data flow, with
+B batch, V cameras, H chunk size, D action dims, C model width::
 
     images (B, V, 3, S, S) in [0, 1] --MultiCameraEncoder--> tokens (B, V*N, C), pooled (B, C)
     instructions [B str]            --language encoder---> tokens (B, L, C), valid, pooled (B, C)
