@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_model import batch_stats, make_batch, one_thread, repeat_batch, seed_all, tiny_config  # noqa: F401
+from model_fixtures import batch_stats, make_batch, one_thread, repeat_batch, seed_all, tiny_config  # noqa: F401
 from vla_ros.model import Observation, build_policy, make_generator
 
 VISION = ["cnn", "vit"]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from conftest_model import batch_stats, make_batch, one_thread, seed_all, tiny_config  # noqa: F401
+from model_fixtures import batch_stats, make_batch, one_thread, seed_all, tiny_config  # noqa: F401
 from vla_ros.model import (
     FeatureStats, Observation, VLAConfig, build_policy, build_processors, compute_stats, list_presets,
     load_preset, make_generator,

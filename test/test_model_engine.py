@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_model import batch_stats, make_batch, one_thread, seed_all, tiny_config  # noqa: F401
+from model_fixtures import batch_stats, make_batch, one_thread, seed_all, tiny_config  # noqa: F401
 from vla_ros.model import Observation, build_policy, load_policy
 from vla_ros.runtime.engine import InferenceEngine, resolve_device
 from vla_ros.runtime.preprocess import preprocess_image, preprocess_images, resize_center_crop

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_model import batch_stats, make_batch, one_thread, seed_all, tiny_config  # noqa: F401
+from model_fixtures import batch_stats, make_batch, one_thread, seed_all, tiny_config  # noqa: F401
 from vla_ros.model import Observation, VLAConfig, build_policy, load_policy, make_generator
 from vla_ros.model.fusion import LanguageFeatures
 from vla_ros.runtime.engine import InferenceEngine
