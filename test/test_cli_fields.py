@@ -6,7 +6,8 @@ import dataclasses
 
 from vla_ros.cli_fields import add_field_option, field_docs
 from vla_ros.data.collect import CollectConfig
-from vla_ros.training import _TRAIN_ARG_FIELDS, TrainConfig, add_train_arguments
+from vla_ros.training import TrainConfig
+from vla_ros.training.cli import _TRAIN_ARG_FIELDS, add_train_arguments
 
 
 @dataclasses.dataclass

@@ -9,7 +9,8 @@ import torch
 
 from test_data_dataset import write_episode
 from vla_ros.cli import main as cli_main
-from vla_ros.data.dataset import DatasetConfig, load_episodes
+from vla_ros.data.config import DatasetConfig
+from vla_ros.data.episodes import load_episodes
 from vla_ros.evaluation.open_loop import evaluate_open_loop, predict_episode, resolve_checkpoint
 from vla_ros.model import build_policy, load_policy, save_policy
 from vla_ros.training import TrainConfig, resolve_model_config, robot_interface_of, train

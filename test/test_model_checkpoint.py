@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest_model import ROBOT, batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config, tiny_robot  # noqa: F401
+from model_fixtures import ROBOT, batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config, tiny_robot  # noqa: F401
 from vla_ros.model import (CheckpointError, Observation, RobotInterface, build_policy, load_policy, make_generator,
                            save_policy)
 from vla_ros.model.checkpoint import load_weights, tensor_digest

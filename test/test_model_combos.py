@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_model import ROBOT, batch_stats, make_batch, one_thread, repeat_batch, seed_all, tiny_config, tiny_robot  # noqa: F401
+from model_fixtures import ROBOT, batch_stats, make_batch, one_thread, repeat_batch, seed_all, tiny_config, tiny_robot  # noqa: F401
 from vla_ros.model import Observation, build_policy, make_generator
 
 VISION = ["cnn", "vit"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest_model import ROBOT, batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config  # noqa: F401
+from model_fixtures import ROBOT, batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config  # noqa: F401
 from vla_ros.model import build_policy, save_policy
 from vla_ros.model.compression import Int8WeightOnlyLinear, compare_outputs, distill, quantize_dynamic_int8
 

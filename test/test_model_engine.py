@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_model import ROBOT, batch_stats, make_batch, one_thread, seed_all, tiny_config, tiny_robot  # noqa: F401
+from model_fixtures import ROBOT, batch_stats, make_batch, one_thread, seed_all, tiny_config, tiny_robot  # noqa: F401
+from vla_ros.imaging.preprocess import preprocess_image, preprocess_images, resize_center_crop
 from vla_ros.model import Observation, build_policy, load_policy, save_policy
 from vla_ros.model.device import resolve_device
 from vla_ros.runtime.engine import InferenceEngine
-from vla_ros.imaging.preprocess import preprocess_image, preprocess_images, resize_center_crop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STAGES = {"preprocess", "encode", "decode", "postprocess", "total"}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_model import ROBOT, batch_stats, make_batch, one_thread, seed_all, tiny_config, tiny_robot  # noqa: F401
+from model_fixtures import ROBOT, batch_stats, make_batch, one_thread, seed_all, tiny_config, tiny_robot  # noqa: F401
 from vla_ros.model import Observation, VLAConfig, build_policy, load_policy, make_generator, save_policy
 from vla_ros.model.fusion import LanguageFeatures
 from vla_ros.runtime.engine import InferenceEngine

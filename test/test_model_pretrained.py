@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_model import ROBOT, batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config, tiny_robot  # noqa: F401
+from model_fixtures import ROBOT, batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config, tiny_robot  # noqa: F401
 from safetensors.torch import load_file
 
 from vla_ros.model import CheckpointError, build_policy, load_policy, make_generator, save_policy

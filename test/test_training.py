@@ -11,10 +11,13 @@ from safetensors.torch import load_file
 
 from test_data_dataset import write_episode
 from vla_ros.cli import main as cli_main
-from vla_ros.data.dataset import DatasetConfig, compute_dataset_stats, load_episodes
+from vla_ros.data.config import DatasetConfig
+from vla_ros.data.episodes import load_episodes
+from vla_ros.data.torch_dataset import compute_dataset_stats
 from vla_ros.model import load_policy, load_preset
-from vla_ros.training import (TrainConfig, TrainingError, lr_at, random_shift, resolve_model_config, robot_interface_of,
-                              train)
+from vla_ros.training import TrainConfig, TrainingError, resolve_model_config, robot_interface_of, train
+from vla_ros.training.augment import random_shift
+from vla_ros.training.optim import lr_at
 
 torch.set_num_threads(1)
 PERIOD_NS = 100_000_000

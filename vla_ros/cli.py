@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     if "collect" in argv:  # its options are CollectConfig's fields (vla_ros.data.collect imports rosbags)
         _add_collect_arguments(col)
     if "train" in argv:
-        from vla_ros.training import add_train_arguments
+        from vla_ros.training.cli import add_train_arguments
         add_train_arguments(train_p)
     if "eval-open-loop" in argv:
         from vla_ros.evaluation.open_loop import add_open_loop_arguments
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         from vla_ros.runtime.remote_server import run_serve_cli
         return run_serve_cli(args)
     if args.command == "train":
-        from vla_ros.training import run_train_cli
+        from vla_ros.training.cli import run_train_cli
         return run_train_cli(args)
     if args.command == "eval-open-loop":
         from vla_ros.evaluation.open_loop import run_open_loop_cli

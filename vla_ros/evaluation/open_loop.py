@@ -28,15 +28,19 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vla_ros.data.dataset import CameraSpec, DatasetConfig, Episode, load_episodes
-from vla_ros.model import RobotInterface, VLAConfig, load_policy, make_generator, resolve_device
+from vla_ros.data.cli import add_dataset_arguments, dataset_config_from_args
+from vla_ros.data.compatibility import check_episodes_fit
+from vla_ros.data.config import DATASET_CONFIG_FILE, CameraTopic, DatasetConfig
+from vla_ros.data.episode import Episode
+from vla_ros.data.episodes import load_episodes
+from vla_ros.model import RobotInterface, VLAConfig, load_policy, make_generator
 from vla_ros.model.checkpoint import CONFIG_FILE, MODEL_FILE, read_config
+from vla_ros.model.device import resolve_device
 from vla_ros.model.policy import VLAPolicy
 
 log = logging.getLogger("vla_ros.evaluation.open_loop")
 
 REPORT_FILE = "report.json"
-DATASET_CONFIG_FILE = "dataset_config.json"
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -57,7 +61,7 @@ def base_dataset_config(checkpoint: Path, config: VLAConfig, interface: RobotInt
     state joints, image size and chunk size."""
     if (checkpoint / DATASET_CONFIG_FILE).is_file():
         return DatasetConfig.load(checkpoint / DATASET_CONFIG_FILE)
-    return DatasetConfig(cameras=[CameraSpec(n, f"/{n}/image_raw") for n in interface.camera_names],
+    return DatasetConfig(cameras=[CameraTopic(n, f"/{n}/image_raw") for n in interface.camera_names],
                          state_joint_names=list(interface.state_names), image_size=config.image_size,
                          chunk_size=config.chunk_size)
 
@@ -166,15 +170,7 @@ def evaluate_open_loop(checkpoint: str | os.PathLike, data: Sequence[str | os.Pa
     else:
         dcfg = dataset_config_for(ckpt, policy, dataset_config)
         episodes = load_episodes([str(p) for p in data], dcfg, cache_dir=cache_dir)
-    for ep in episodes:
-        for attr, expected in (("action_names", iface.action_names), ("camera_names", iface.camera_names)):
-            if getattr(ep, attr) != list(expected):
-                raise ValueError(f"episode {ep.path} has {attr} {getattr(ep, attr)}, the checkpoint expects {expected}")
-        if cfg.use_state and ep.state_names != list(iface.state_names):
-            raise ValueError(f"episode {ep.path} has state {ep.state_names}, the checkpoint expects {iface.state_names}")
-        if ep.actions.shape[1] != cfg.chunk_size or ep.images.shape[2] != cfg.image_size:
-            raise ValueError(f"episode {ep.path} has chunks of {ep.actions.shape[1]} and images of "
-                             f"{ep.images.shape[2]} px, the checkpoint expects {cfg.chunk_size} and {cfg.image_size}")
+    check_episodes_fit(episodes, cfg, iface, what="the checkpoint", check_state=cfg.use_state)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(iface.action_names)
@@ -205,8 +201,6 @@ def evaluate_open_loop(checkpoint: str | os.PathLike, data: Sequence[str | os.Pa
 # ----------------------------------------------------------------------------- CLI
 def add_open_loop_arguments(p: argparse.ArgumentParser) -> None:
     """The `vla-ros eval-open-loop` options."""
-    from vla_ros.training import add_dataset_arguments
-
     p.add_argument("--checkpoint", required=True,
                    help="policy checkpoint directory, or a training output directory (uses best/, else last/)")
     p.add_argument("--out", required=True, help="directory for report.json and the plots")
@@ -220,8 +214,6 @@ def add_open_loop_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_open_loop_cli(args) -> int:
     """`vla-ros eval-open-loop`: the handler behind the subcommand."""
-    from vla_ros.training import dataset_config_from_args
-
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s: %(message)s")
     if not args.data:
         print("vla-ros eval-open-loop: error: --data is required")

@@ -1,4 +1,4 @@
-"""Shared helpers for the model tests (imported by test_model_*.py; not a pytest conftest).
+"""Shared helpers for the model tests (imported by test_model_*.py).
 
 Tiny sizes everywhere so the whole model suite runs in a few minutes on 2 CPU cores.
 """
