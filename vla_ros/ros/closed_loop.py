@@ -122,6 +122,44 @@ def _call_with_retries(call, what: str, graph: Graph, attempt_timeout: float = 1
                 raise
 
 
+def _run_episode(driver: EpisodeDriver, graph: Graph, family: str, ep_seed: int, phrasing: str, timeout: float,
+                 real_time_factor: float, sheets_dir: Path | None) -> dict:
+    """Reset the scene, send the instruction as a goal, wait for its outcome: the episode's record."""
+    driver.success_seen.clear()
+    reply = _call_with_retries(
+        lambda: driver.reset_client.call_async(ResetEpisode.Request(seed=ep_seed, family=family, phrasing=phrasing)),
+        "reset_episode response", graph)
+    if not reply.success:
+        raise RuntimeError(f"reset_episode failed: {reply.message}")
+    if not driver.success_seen.wait(timeout=30):
+        raise TimeoutError("the sim robot never reported task_success false after a reset")
+    driver.frames = [] if sheets_dir is not None else None
+    t0 = time.monotonic()
+    goal = ExecuteInstruction.Goal(instruction=reply.instruction, timeout=float(timeout))
+    wall_limit = timeout / max(real_time_factor, 0.05) * 4 + 60
+    handle = None
+    for _attempt in range(50):  # the node rejects goals until it is active
+        # A new goal preempts an earlier one whose response was lost, so resending is safe.
+        handle = _call_with_retries(lambda: driver.goal_client.send_goal_async(goal),
+                                    "ExecuteInstruction goal response", graph)
+        if handle.accepted:
+            break
+        time.sleep(0.2)
+    if not handle.accepted:
+        raise RuntimeError("policy_node rejected every ExecuteInstruction goal; is it active?")
+    res = _wait(handle.get_result_async(), time.monotonic() + wall_limit, "ExecuteInstruction result", graph).result
+    outcome = OUTCOMES.get(res.outcome, str(res.outcome))
+    ep = episode_record(family, ep_seed, phrasing, reply.instruction, outcome, res.steps, res.elapsed,
+                        time.monotonic() - t0)
+    if sheets_dir is not None and driver.frames:
+        sheet = sheets_dir / f"{family}_{ep_seed}.png"
+        sheet.parent.mkdir(exist_ok=True)
+        contact_sheet(list(driver.frames), sheet)
+        ep["contact_sheet"] = str(sheet)
+    driver.frames = None
+    return ep
+
+
 def evaluate(checkpoint: str, families=DEFAULT_FAMILIES, episodes: int = 50, seed: int = DEFAULT_SEED,
              phrasing: str = "train", timeout: float = 12.0, real_time_factor: float = 1.0,
              params_file: str | None = None, out_dir: str | None = None, contact_sheets: bool = False,
@@ -151,43 +189,11 @@ def evaluate(checkpoint: str, families=DEFAULT_FAMILIES, episodes: int = 50, see
         log(f"graph up in {time.monotonic() - t_start:.1f} s: sim_robot_node + policy_node "
             f"({f'remote server {server}' if server else checkpoint})")
         for family, ep_seed in episode_plan(families, episodes, seed):
-            driver.success_seen.clear()
-            reply = _call_with_retries(
-                lambda: driver.reset_client.call_async(
-                    ResetEpisode.Request(seed=ep_seed, family=family, phrasing=phrasing)),
-                "reset_episode response", graph)
-            if not reply.success:
-                raise RuntimeError(f"reset_episode failed: {reply.message}")
-            if not driver.success_seen.wait(timeout=30):
-                raise TimeoutError("the sim robot never reported task_success false after a reset")
-            driver.frames = [] if contact_sheets else None
-            t0 = time.monotonic()
-            goal = ExecuteInstruction.Goal(instruction=reply.instruction, timeout=float(timeout))
-            wall_limit = timeout / max(real_time_factor, 0.05) * 4 + 60
-            handle = None
-            for _attempt in range(50):  # the node rejects goals until it is active
-                # A new goal preempts an earlier one whose response was lost, so resending is safe.
-                handle = _call_with_retries(lambda: driver.goal_client.send_goal_async(goal),
-                                            "ExecuteInstruction goal response", graph)
-                if handle.accepted:
-                    break
-                time.sleep(0.2)
-            if not handle.accepted:
-                raise RuntimeError("policy_node rejected every ExecuteInstruction goal; is it active?")
-            res = _wait(handle.get_result_async(), time.monotonic() + wall_limit,
-                        "ExecuteInstruction result", graph).result
-            outcome = OUTCOMES.get(res.outcome, str(res.outcome))
-            ep = episode_record(family, ep_seed, phrasing, reply.instruction, outcome, res.steps, res.elapsed,
-                                time.monotonic() - t0)
-            if contact_sheets and driver.frames:
-                sheet = out / "contact_sheets" / f"{family}_{ep_seed}.png"
-                sheet.parent.mkdir(exist_ok=True)
-                contact_sheet(list(driver.frames), sheet)
-                ep["contact_sheet"] = str(sheet)
-            driver.frames = None
+            ep = _run_episode(driver, graph, family, ep_seed, phrasing, timeout, real_time_factor,
+                              out / "contact_sheets" if contact_sheets else None)
             results.append(ep)
-            log(f"  {family:5s} seed {ep_seed}: {'success' if ep['success'] else outcome:9s} "
-                f"{ep['sim_seconds']:5.1f} s  '{reply.instruction}'")
+            log(f"  {family:5s} seed {ep_seed}: {'success' if ep['success'] else ep['outcome']:9s} "
+                f"{ep['sim_seconds']:5.1f} s  '{ep['instruction']}'")
     finally:
         executor.shutdown()
         driver.destroy_node()
