@@ -359,10 +359,9 @@ def test_killed_server_fails_the_request_in_flight_and_is_restarted(killed):
     assert killed["again"].shape == (8, 7)     # the new server serves
 
 
-# Regression (PolicyProcess.start() dropped the previous buffers without closing them): on a restart
-# after the server died, the client drops its image buffers without closing them, so their
-# descriptors (and the memory behind them) stay open in the node for good; close() no longer
-# knows them either.
+# On a restart after the server died, the client must close the image buffers it shared with the
+# dead server: dropped unclosed, their descriptors (and the memory behind them) would stay open in
+# the node for good, out of close()'s reach.
 def test_restart_releases_the_previous_servers_buffers(killed):
     assert len(killed["buffers_before"]) == 2  # one buffer in each slot before the kill
     assert killed["buffers_after_close"] == set()

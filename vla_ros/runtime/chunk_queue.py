@@ -135,11 +135,6 @@ class ChunkQueue:
             if request_id is None or request_id == self._in_flight:
                 self._in_flight = None
 
-    @property
-    def request_in_flight(self) -> bool:
-        with self._lock:
-            return self._in_flight is not None
-
     # ------------------------------------------------------------------ chunks
     def add_chunk(self, chunk: np.ndarray, start_tick: int, request_id: int | None = None) -> int:
         """Add a chunk whose ``chunk[i]`` is the action for tick ``start_tick + i``.
@@ -280,8 +275,3 @@ class ChunkQueue:
         """Number of :meth:`pop` calls that returned ``None`` (for diagnostics)."""
         with self._lock:
             return self._dry_ticks
-
-    @property
-    def num_chunks(self) -> int:
-        with self._lock:
-            return len(self._chunks)

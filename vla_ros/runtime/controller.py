@@ -355,10 +355,6 @@ class Controller:
             self._error_hold = (Hold.INFERENCE_FAILED, error)
             self.last_error = f"{Hold.INFERENCE_FAILED.value}: {error}"
 
-    def in_flight_for(self, now: float) -> float | None:
-        with self._lock:
-            return None if self._in_flight_since is None else now - self._in_flight_since
-
     # ------------------------------------------------------------------ the tick
     def _blocking_hold(self, now: float) -> tuple[Hold | None, str]:
         """Holds that also stop inference requests."""
