@@ -61,8 +61,12 @@ def train(data: Sequence[str | os.PathLike] | Sequence[Episode] | None, out_dir:
     train_eps, val_eps = split_episodes(episodes, cfg.val_fraction, cfg.seed)
     train_ds = EpisodeDataset(train_eps)
     val_ds = EpisodeDataset(val_eps) if val_eps else None
+    model_cfg = plan.model_config
     try:
-        check_episodes_fit(train_eps + val_eps, plan.model_config)
+        check_episodes_fit(train_eps + val_eps, action_names=model_cfg.action_names,
+                           camera_names=model_cfg.camera_names, state_names=model_cfg.state_names,
+                           chunk_size=model_cfg.chunk_size, image_size=model_cfg.image_size,
+                           what="the model config")
     except ValueError as e:
         raise TrainingError(str(e)) from None
     log.info("%d training episodes (%d frames), %d validation episodes (%d frames)", len(train_eps), len(train_ds),
