@@ -17,6 +17,7 @@ import torch
 from vla_ros.data import episode_messages
 from vla_ros.data.alignment import load_episode
 from vla_ros.data.bags import BagReader, BagWriter, typestore_for
+from vla_ros.data.compatibility import check_episodes_fit
 from vla_ros.data.config import CameraTopic, DatasetConfig
 from vla_ros.data.episode import Episode
 from vla_ros.data.episodes import cache_key, find_bags, load_episodes, split_episodes
@@ -269,13 +270,32 @@ def test_cache_hit_identical_and_skips_bag_reading(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- split + batches
+def _blank_episode(path: str, frames: int, **names) -> Episode:
+    """An episode of zeros: 1 camera of 4x4 px, 2 state values, chunks of 2 actions of 3 values."""
+    return Episode(path=path, instruction="x", success=True, images=np.zeros((frames, 1, 4, 4, 3), np.uint8),
+                   state=np.zeros((frames, 2), np.float32), actions=np.zeros((frames, 2, 3), np.float32),
+                   action_is_pad=np.zeros((frames, 2), bool), frame_stamps=np.arange(frames),
+                   action_start=np.arange(frames), tick_stamps=np.arange(frames),
+                   tick_actions=np.zeros((frames, 3), np.float32), **names)
+
+
+def test_episodes_fit_a_model_only_with_its_names_and_sizes():
+    names = dict(camera_names=["front"], state_names=["j1", "j2"], action_names=["x", "y", "gripper"])
+    eps = [_blank_episode("/bags/a", 3, **names), _blank_episode("/bags/b", 4, **names)]
+    model = dict(action_names=["x", "y", "gripper"], camera_names=["front"], state_names=["j1", "j2"],
+                 chunk_size=2, image_size=4)
+    check_episodes_fit(eps, **model)
+    check_episodes_fit(eps, **dict(model, state_names=None))
+    with pytest.raises(DatasetError, match=r"/bags/a has state_names \['j1', 'j2'\], the ckpt expects \['j1'\]"):
+        check_episodes_fit(eps, **dict(model, state_names=["j1"]), what="the ckpt")
+    with pytest.raises(DatasetError, match="camera_names"):
+        check_episodes_fit(eps, **dict(model, camera_names=["wrist"]))
+    with pytest.raises(DatasetError, match="chunks of 2 and images of 4 px, the model expects 3 and 4"):
+        check_episodes_fit(eps, **dict(model, chunk_size=3))
+
+
 def test_split_by_episode_seeded(tmp_path):
-    eps = [Episode(path=f"/bags/ep{i:02d}", instruction="x", success=True,
-                      images=np.zeros((3 + i, 1, 4, 4, 3), np.uint8),
-                      state=np.zeros((3 + i, 2), np.float32), actions=np.zeros((3 + i, 2, 3), np.float32),
-                      action_is_pad=np.zeros((3 + i, 2), bool), frame_stamps=np.arange(3 + i),
-                      action_start=np.arange(3 + i), tick_stamps=np.arange(3 + i),
-                      tick_actions=np.zeros((3 + i, 3), np.float32)) for i in range(10)]
+    eps = [_blank_episode(f"/bags/ep{i:02d}", 3 + i) for i in range(10)]
     train, val = split_episodes(eps, 0.3, seed=1)
     assert len(val) == 3 and len(train) == 7
     assert not {e.path for e in train} & {e.path for e in val}

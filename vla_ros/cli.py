@@ -153,7 +153,8 @@ def _eval(args) -> int:
     import json
     from pathlib import Path
 
-    from vla_ros.ros.closed_loop import evaluate, format_table
+    from vla_ros.evaluation.closed_loop import format_table
+    from vla_ros.ros.closed_loop import evaluate
     report = evaluate(args.checkpoint, families=tuple(args.families), episodes=args.episodes, seed=args.seed,
                       phrasing=args.phrasing, timeout=args.timeout, real_time_factor=args.real_time_factor,
                       params_file=args.params_file, out_dir=args.out, contact_sheets=args.contact_sheets,

@@ -170,7 +170,9 @@ def evaluate_open_loop(checkpoint: str | os.PathLike, data: Sequence[str | os.Pa
     else:
         dcfg = dataset_config_for(ckpt, policy, dataset_config)
         episodes = load_episodes([str(p) for p in data], dcfg, cache_dir=cache_dir)
-    check_episodes_fit(episodes, cfg, iface, what="the checkpoint", check_state=cfg.use_state)
+    check_episodes_fit(episodes, action_names=iface.action_names, camera_names=iface.camera_names,
+                       state_names=iface.state_names if cfg.use_state else None, chunk_size=cfg.chunk_size,
+                       image_size=cfg.image_size, what="the checkpoint")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(iface.action_names)

@@ -64,8 +64,12 @@ def train(data: Sequence[str | os.PathLike] | Sequence[Episode] | None, out_dir:
     val_ds = EpisodeDataset(val_eps) if val_eps else None
     if plan.interface is None:  # a new run: the robot interface the episodes record
         plan.interface = robot_interface_of(train_ds)
+    model_cfg, robot = plan.model_config, plan.interface
     try:
-        check_episodes_fit(train_eps + val_eps, plan.model_config, plan.interface)
+        check_episodes_fit(train_eps + val_eps, action_names=robot.action_names,
+                           camera_names=robot.camera_names, state_names=robot.state_names,
+                           chunk_size=model_cfg.chunk_size, image_size=model_cfg.image_size,
+                           what="the model")
     except ValueError as e:
         raise TrainingError(str(e)) from None
     log.info("%d training episodes (%d frames), %d validation episodes (%d frames)", len(train_eps), len(train_ds),
