@@ -85,9 +85,10 @@ def bench_preset(name: str, iters: int, warmup: int, budget_s: float, devices: l
     import torch
 
     from vla_ros.model import build_policy, compute_stats, load_preset, make_generator
+    from vla_ros.runtime.policy_loader import DEMO_INTERFACE
     from vla_ros.model.compression import quantize_dynamic_int8
     from vla_ros.runtime.engine import InferenceEngine
-    from vla_ros.runtime.preprocess import preprocess_images
+    from vla_ros.imaging.preprocess import preprocess_images
 
     try:
         import transformers
@@ -101,15 +102,16 @@ def bench_preset(name: str, iters: int, warmup: int, budget_s: float, devices: l
     cfg = load_preset(name)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    policy = build_policy(cfg).eval()
+    policy = build_policy(cfg, DEMO_INTERFACE).eval()
+    robot = policy.interface
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     policy.set_normalization_stats({
-        "action": compute_stats(rng.uniform(-1, 1, (1000, cfg.action_dim)) * 0.05),
-        "state": compute_stats(rng.uniform(-2, 2, (1000, cfg.state_dim))),
+        "action": compute_stats(rng.uniform(-1, 1, (1000, robot.action_dim)) * 0.05),
+        "state": compute_stats(rng.uniform(-2, 2, (1000, robot.state_dim))),
     })
-    frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in cfg.camera_names]
-    state = np.zeros(cfg.state_dim, np.float32) if cfg.use_state else None
+    frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in robot.camera_names]
+    state = np.zeros(robot.state_dim, np.float32) if cfg.use_state else None
     n_params, n_train = policy.num_parameters(), policy.num_parameters(trainable_only=True)
     rows: list[dict] = []
 
@@ -148,7 +150,7 @@ def bench_preset(name: str, iters: int, warmup: int, budget_s: float, devices: l
             "preset": name, "device": device, "precision": precision,
             "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
             "params": n_params, "trainable_params": n_train,
-            "image_size": cfg.image_size, "cameras": cfg.num_cameras, "chunk_size": cfg.chunk_size,
+            "image_size": cfg.image_size, "cameras": robot.num_cameras, "chunk_size": cfg.chunk_size,
             "action_head": cfg.action_head, "fusion": cfg.fusion, "vision": cfg.vision_encoder,
             "language": cfg.language_encoder,
             "infer_ms_p50": _percentile(lat, 50), "infer_ms_p99": _percentile(lat, 99),

@@ -142,11 +142,12 @@ def main() -> int:
     from vla_ros.model.checkpoint import save_policy
     from vla_ros.model.config import load_preset
     from vla_ros.model.policy import build_policy
+    from vla_ros.runtime.policy_loader import DEMO_INTERFACE
 
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="remote_bench_"))
     torch.manual_seed(0)
-    save_policy(build_policy(load_preset("tiny")), tmp / "ckpt")
+    save_policy(build_policy(load_preset("tiny"), DEMO_INTERFACE), tmp / "ckpt")
     port_file = tmp / "port"
     server = subprocess.Popen([sys.executable, "-m", "vla_ros.runtime.remote_server", "--checkpoint",
                                str(tmp / "ckpt"), "--port", "0", "--threads", "1", "--ready-file", str(port_file)],

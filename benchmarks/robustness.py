@@ -1017,14 +1017,15 @@ def make_wild_checkpoint(path: Path) -> Path:
     metres per tick that change with every camera frame. Seeded: the same weights every run."""
     import torch
 
+    from vla_ros.model.checkpoint import save_policy
     from vla_ros.model.config import load_preset
+    from vla_ros.model.interface import RobotInterface
     from vla_ros.model.normalization import FeatureStats
     from vla_ros.model.policy import build_policy
 
     torch.manual_seed(0)
-    cfg = load_preset("tiny", camera_names=["front"], state_names=JOINTS, action_names=JOINTS, action_dim=0,
-                      state_dim=0, normalization_mode="mean_std")
-    policy = build_policy(cfg)
+    cfg = load_preset("tiny", normalization_mode="mean_std")
+    policy = build_policy(cfg, RobotInterface(action_names=JOINTS, camera_names=["front"], state_names=JOINTS))
 
     def stats(mean, std):
         lo, hi = (np.array(mean) - 3 * np.array(std)).tolist(), (np.array(mean) + 3 * np.array(std)).tolist()
@@ -1035,7 +1036,7 @@ def make_wild_checkpoint(path: Path) -> Path:
         for name, param in policy.named_parameters():
             if name.startswith("head.") and name.endswith(".weight") and ".ln." not in name:
                 param.mul_(10.0)
-    policy.save(path)
+    save_policy(policy, path)
     return path
 
 

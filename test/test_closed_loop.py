@@ -20,10 +20,10 @@ def test_shipped_demo_checkpoint_is_small_safetensors_and_fits_the_sim_robot():
     assert size <= 10 * 2**20, f"{size / 2**20:.1f} MiB"
     assert not [p for p in CHECKPOINT.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl", ".ckpt")]
     policy = load_policy(CHECKPOINT)
-    cfg = policy.config
-    assert cfg.action_names == ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]  # ee_delta + gripper
-    assert cfg.camera_names == ["front"] and cfg.image_size == 96
-    assert all(n.startswith("panda_") for n in cfg.state_names)
+    robot = policy.interface
+    assert robot.action_names == ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]  # ee_delta + gripper
+    assert robot.camera_names == ["front"] and policy.config.image_size == 96
+    assert all(n.startswith("panda_") for n in robot.state_names)
 
 
 def test_demo_checkpoint_succeeds_in_closed_loop_episodes_through_the_ros_graph(tmp_path):
@@ -44,3 +44,25 @@ def test_demo_checkpoint_succeeds_in_closed_loop_episodes_through_the_ros_graph(
     policy_log = (out / "logs" / "policy_node.log").read_text()
     assert "action space ee_delta, output twist" in policy_log
     assert "| touch | 3 |" in run.stdout
+
+
+def test_closed_loop_report_summarizes_per_family_without_ros(tmp_path):
+    import sys
+
+    from vla_ros.evaluation.closed_loop import episode_plan, episode_record, format_table, write_report
+    code = "import sys, vla_ros.evaluation.closed_loop; sys.exit('rclpy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    plan = list(episode_plan(["touch", "push"], 2, 100_000))
+    assert plan == [("touch", 100000), ("touch", 100001), ("push", 100000), ("push", 100001)]
+    outcomes = ["succeeded", "timeout", "succeeded", "succeeded"]
+    results = [episode_record(f, s, "train", "touch the red cube", o, 12, 1.5 + i, 2.0)
+               for i, ((f, s), o) in enumerate(zip(plan, outcomes))]
+    report = write_report(tmp_path, results, ["touch", "push"], checkpoint="ckpt", server="", phrasing="train",
+                          seed=100_000, episodes=2, timeout=10.0, real_time_factor=1.0, params_file="p.yaml",
+                          wall_seconds=12.34)
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    assert report["summary"]["touch"] == {"episodes": 2, "successes": 1, "success_rate": 0.5,
+                                          "mean_sim_seconds_success": 1.5}
+    assert report["summary"]["push"]["success_rate"] == 1.0 and report["server"] is None
+    table = format_table(report)
+    assert "| touch | 2 | 1 | 50% |" in table and "| push | 2 | 2 | 100% |" in table

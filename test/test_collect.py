@@ -7,7 +7,8 @@ import pytest
 
 from vla_ros.data.bags import BagReader, read_bag, typestore_for
 from vla_ros.data.collect import TOPICS, CollectConfig, collect
-from vla_ros.data.dataset import DatasetConfig, load_episodes
+from vla_ros.data.config import DatasetConfig
+from vla_ros.data.episodes import load_episodes
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Episode bags -> aligned training samples (vla_ros.data.dataset), on real bags written here.
+"""Episode bags -> aligned training samples (vla_ros.data), on real bags written here.
 
 `write_episode` writes a synthetic episode bag the way the simulator's data collection does
 (camera frames, joint states, expert twist + gripper per control tick, instruction, success),
@@ -14,10 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from vla_ros.data import dataset as ds
-from vla_ros.data.bags import BagWriter, typestore_for
-from vla_ros.data.dataset import (CameraSpec, DatasetConfig, DatasetError, EpisodeDataset, find_bags,
-                                  load_episode, load_episodes, split_episodes)
+from vla_ros.data import episode_messages
+from vla_ros.data.alignment import load_episode
+from vla_ros.data.bags import BagReader, BagWriter, typestore_for
+from vla_ros.data.compatibility import check_episodes_fit
+from vla_ros.data.config import CameraTopic, DatasetConfig
+from vla_ros.data.episode import Episode
+from vla_ros.data.episodes import cache_key, find_bags, load_episodes, split_episodes
+from vla_ros.data.errors import DatasetError
+from vla_ros.data.torch_dataset import EpisodeDataset
 
 torch.set_num_threads(1)
 
@@ -157,7 +162,7 @@ def test_multi_camera_and_encodings(tmp_path):
     cams = (("front", "/front/image_raw"), ("wrist", "/wrist/image_raw"))
     bag = write_episode(tmp_path / "ep", n_ticks=6, encoding="bgr8", cameras=cams,
                         image_fn=lambda k, cam: default_image(k + 100 * cam, size=64))
-    cfg = small_config(cameras=[CameraSpec("front", "/front/image_raw"), CameraSpec("wrist", "/wrist/image_raw")],
+    cfg = small_config(cameras=[CameraTopic("front", "/front/image_raw"), CameraTopic("wrist", "/wrist/image_raw")],
                        chunk_size=3, image_size=16)
     ep = load_episode(bag, cfg)
     assert ep.images.shape == (6, 2, 16, 16, 3)
@@ -175,7 +180,7 @@ def test_frames_between_ticks_use_next_tick(tmp_path):
     late = tmp_path / "late"
     from vla_ros.data.bags import read_bag
     with BagWriter(late) as w:
-        for topic, info in ds.BagReader(bag).topics.items():
+        for topic, info in BagReader(bag).topics.items():
             w.add_topic(topic, info.msgtype)
         for m in read_bag(bag):
             data = m.data
@@ -225,7 +230,7 @@ def test_many_bags_skip_bad_unsuccessful_and_zero_usable(tmp_path, caplog):
     write_episode(root / "ep_b", n_ticks=4, skip_topics=("/front/image_raw",))
     write_episode(root / "ep_c", n_ticks=4, success=False)
     (root / "not_a_bag").mkdir()
-    with caplog.at_level(logging.WARNING, logger="vla_ros.data.dataset"):
+    with caplog.at_level(logging.WARNING, logger="vla_ros.data.episodes"):
         eps = load_episodes(root, small_config())
     assert [e.name for e in eps] == ["ep_a"]
     assert any("ep_b: missing topic /front/image_raw (camera 'front')" in r.getMessage() for r in caplog.records)
@@ -248,30 +253,49 @@ def test_cache_hit_identical_and_skips_bag_reading(tmp_path, monkeypatch):
 
     def no_reading(*a, **k):
         raise AssertionError("the bag was read despite a cache hit")
-    monkeypatch.setattr(ds, "BagReader", no_reading)
+    monkeypatch.setattr(episode_messages, "BagReader", no_reading)
     second = load_episodes(tmp_path / "bags", cfg, cache_dir=cache)[0]
-    for name in ds.Episode._ARRAYS:
+    for name in Episode._ARRAYS:
         a, b = getattr(first, name), getattr(second, name)
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(a, b)
     assert (second.instruction, second.success, second.path) == (first.instruction, first.success, first.path)
     # Filtering flags do not change the key; config fields and the bag's files do.
-    assert ds.cache_key(bag, cfg) == ds.cache_key(bag, small_config(only_successful=False))
-    assert ds.cache_key(bag, cfg) != ds.cache_key(bag, small_config(chunk_size=5))
+    assert cache_key(bag, cfg) == cache_key(bag, small_config(only_successful=False))
+    assert cache_key(bag, cfg) != cache_key(bag, small_config(chunk_size=5))
     monkeypatch.undo()
-    key = ds.cache_key(bag, cfg)
+    key = cache_key(bag, cfg)
     (bag / "extra.txt").write_text("x")
-    assert ds.cache_key(bag, cfg) != key
+    assert cache_key(bag, cfg) != key
 
 
 # --------------------------------------------------------------------------- split + batches
+def _blank_episode(path: str, frames: int, **names) -> Episode:
+    """An episode of zeros: 1 camera of 4x4 px, 2 state values, chunks of 2 actions of 3 values."""
+    return Episode(path=path, instruction="x", success=True, images=np.zeros((frames, 1, 4, 4, 3), np.uint8),
+                   state=np.zeros((frames, 2), np.float32), actions=np.zeros((frames, 2, 3), np.float32),
+                   action_is_pad=np.zeros((frames, 2), bool), frame_stamps=np.arange(frames),
+                   action_start=np.arange(frames), tick_stamps=np.arange(frames),
+                   tick_actions=np.zeros((frames, 3), np.float32), **names)
+
+
+def test_episodes_fit_a_model_only_with_its_names_and_sizes():
+    names = dict(camera_names=["front"], state_names=["j1", "j2"], action_names=["x", "y", "gripper"])
+    eps = [_blank_episode("/bags/a", 3, **names), _blank_episode("/bags/b", 4, **names)]
+    model = dict(action_names=["x", "y", "gripper"], camera_names=["front"], state_names=["j1", "j2"],
+                 chunk_size=2, image_size=4)
+    check_episodes_fit(eps, **model)
+    check_episodes_fit(eps, **dict(model, state_names=None))
+    with pytest.raises(DatasetError, match=r"/bags/a has state_names \['j1', 'j2'\], the ckpt expects \['j1'\]"):
+        check_episodes_fit(eps, **dict(model, state_names=["j1"]), what="the ckpt")
+    with pytest.raises(DatasetError, match="camera_names"):
+        check_episodes_fit(eps, **dict(model, camera_names=["wrist"]))
+    with pytest.raises(DatasetError, match="chunks of 2 and images of 4 px, the model expects 3 and 4"):
+        check_episodes_fit(eps, **dict(model, chunk_size=3))
+
+
 def test_split_by_episode_seeded(tmp_path):
-    eps = [ds.Episode(path=f"/bags/ep{i:02d}", instruction="x", success=True,
-                      images=np.zeros((3 + i, 1, 4, 4, 3), np.uint8),
-                      state=np.zeros((3 + i, 2), np.float32), actions=np.zeros((3 + i, 2, 3), np.float32),
-                      action_is_pad=np.zeros((3 + i, 2), bool), frame_stamps=np.arange(3 + i),
-                      action_start=np.arange(3 + i), tick_stamps=np.arange(3 + i),
-                      tick_actions=np.zeros((3 + i, 3), np.float32)) for i in range(10)]
+    eps = [_blank_episode(f"/bags/ep{i:02d}", 3 + i) for i in range(10)]
     train, val = split_episodes(eps, 0.3, seed=1)
     assert len(val) == 3 and len(train) == 7
     assert not {e.path for e in train} & {e.path for e in val}
@@ -287,7 +311,7 @@ def test_split_by_episode_seeded(tmp_path):
 
 
 def test_dataset_batches_for_policy_loss(tmp_path):
-    from vla_ros.model import build_policy, load_preset
+    from vla_ros.model import RobotInterface, build_policy, load_preset
     root = tmp_path / "bags"
     write_episode(root / "a", n_ticks=6, storage="mcap")
     write_episode(root / "b", n_ticks=5, storage="sqlite3", instruction="open the drawer")
@@ -310,8 +334,8 @@ def test_dataset_batches_for_policy_loss(tmp_path):
     non_pad = np.concatenate([e.actions[~e.action_is_pad] for e in data.episodes])
     assert stats["action"].count == len(non_pad) and stats["state"].count == 11
     np.testing.assert_allclose(stats["action"].max, non_pad.max(0), rtol=1e-6)
-    policy = build_policy(load_preset("tiny", action_names=cfg.action_names, action_dim=0, state_names=cfg.state_names,
-                                      state_dim=0, camera_names=cfg.camera_names, chunk_size=4, image_size=32))
+    robot = RobotInterface(action_names=cfg.action_names, camera_names=cfg.camera_names, state_names=cfg.state_names)
+    policy = build_policy(load_preset("tiny", chunk_size=4, image_size=32), robot)
     policy.set_normalization_stats(stats)
     loss, _ = policy.loss(batch)
     loss.backward()
@@ -319,7 +343,7 @@ def test_dataset_batches_for_policy_loss(tmp_path):
 
 
 def test_config_roundtrip(tmp_path):
-    cfg = small_config(cameras=[CameraSpec("front", "/f"), CameraSpec("wrist", "/w")], success_topic="")
+    cfg = small_config(cameras=[CameraTopic("front", "/f"), CameraTopic("wrist", "/w")], success_topic="")
     cfg.save(tmp_path / "d.json")
     back = DatasetConfig.load(tmp_path / "d.json")
     assert back == cfg and back.camera_names == ["front", "wrist"]

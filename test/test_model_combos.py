@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_model import batch_stats, make_batch, one_thread, repeat_batch, seed_all, tiny_config  # noqa: F401
+from model_fixtures import ROBOT, batch_stats, make_batch, one_thread, repeat_batch, seed_all, tiny_config, tiny_robot  # noqa: F401
 from vla_ros.model import Observation, build_policy, make_generator
 
 VISION = ["cnn", "vit"]
@@ -20,11 +20,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_forward_shapes(vision, fusion, head, cameras):
     seed_all(0)
     names = ["front", "wrist", "side"][:cameras]
-    cfg = tiny_config(vision_encoder=vision, fusion=fusion, action_head=head, camera_names=names)
-    policy = build_policy(cfg)
-    batch = make_batch(cfg, batch_size=2)
+    cfg = tiny_config(vision_encoder=vision, fusion=fusion, action_head=head)
+    robot = tiny_robot(names)
+    policy = build_policy(cfg, robot)
+    batch = make_batch(cfg, batch_size=2, robot=robot)
     policy.set_normalization_stats(batch_stats(batch))
-    B, H, D, C = 2, cfg.chunk_size, cfg.action_dim, cfg.d_model
+    B, H, D, C = 2, cfg.chunk_size, robot.action_dim, cfg.d_model
 
     vis_tokens, vis_pooled = policy.vision(batch["images"])
     assert vis_tokens.shape[0] == B and vis_tokens.shape[2] == C and vis_tokens.shape[1] % cameras == 0
@@ -58,7 +59,7 @@ def test_overfits_fixed_batch(vision, fusion, head):
     """Loss on a fixed batch of 4 falls by >= 90% (flow: expectation over fixed noise draws)."""
     seed_all(0)
     cfg = tiny_config(vision_encoder=vision, fusion=fusion, action_head=head)
-    policy = build_policy(cfg)
+    policy = build_policy(cfg, ROBOT)
     batch = make_batch(cfg, batch_size=4)
     policy.set_normalization_stats(batch_stats(batch))
     # Flow matching regresses a noisy target (actions - noise): each sample is repeated with

@@ -10,11 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from conftest_model import batch_stats, make_batch, one_thread, seed_all, tiny_config  # noqa: F401
+from model_fixtures import ROBOT, batch_stats, make_batch, one_thread, seed_all, tiny_config  # noqa: F401
 from vla_ros.model import (
-    FeatureStats, Observation, VLAConfig, build_policy, build_processors, compute_stats, list_presets,
-    load_preset, make_generator,
+    FeatureStats, Observation, RobotInterface, VLAConfig, build_policy, build_processors, compute_stats,
+    list_presets, load_preset, make_generator,
 )
+from vla_ros.model.config import preset_dirs
 from vla_ros.model.discretization import ActionTokenizer
 from vla_ros.model.normalization import FeatureNormalizer
 
@@ -26,9 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @given(arrays(np.float32, st.integers(1, 64), elements=st.floats(-1.0, 1.0, width=32)))
 def test_tokenizer_round_trip_within_half_a_bin(x):
     tok = ActionTokenizer(256)
-    ids = tok.encode_np(x)
+    ids = tok.encode(torch.from_numpy(x))
     assert ids.min() >= 0 and ids.max() <= 255
-    err = np.abs(tok.decode_np(ids) - x)
+    err = np.abs(tok.decode(ids).numpy() - x)
     assert err.max() <= tok.bin_width / 2 + 1e-6
 
 
@@ -121,7 +122,7 @@ def test_policy_applies_normalization_inside():
     """Predictions come back in robot units; targets are normalized inside loss()."""
     seed_all(0)
     cfg = tiny_config(action_head="continuous")
-    policy = build_policy(cfg)
+    policy = build_policy(cfg, ROBOT)
     batch = make_batch(cfg)
     policy.set_normalization_stats(batch_stats(batch))
     st_ = policy.normalization_stats["action"]
@@ -139,7 +140,7 @@ def test_policy_applies_normalization_inside():
 def test_flow_sampling_is_deterministic_given_a_seed():
     seed_all(0)
     cfg = tiny_config(action_head="flow", fusion="prefix", flow_steps=4)
-    policy = build_policy(cfg).eval()
+    policy = build_policy(cfg, ROBOT).eval()
     batch = make_batch(cfg, batch_size=2)
     with torch.no_grad():
         a = policy(batch["images"], batch["instructions"], batch["state"], generator=make_generator(123))
@@ -161,7 +162,7 @@ def test_flow_sampling_is_deterministic_given_a_seed():
 def test_flow_cached_context_kv_matches_plain_euler_loop():
     seed_all(0)
     cfg = tiny_config(action_head="flow", fusion="cross_attention", flow_steps=3, flow_expert_depth=2)
-    policy = build_policy(cfg).eval()
+    policy = build_policy(cfg, ROBOT).eval()
     batch = make_batch(cfg, batch_size=2)
     with torch.no_grad():
         fused = policy.encode(batch["images"], batch["instructions"], policy.normalize_state(batch["state"]))
@@ -174,7 +175,7 @@ def test_flow_cached_context_kv_matches_plain_euler_loop():
 
 def test_flow_time_sampling_beta_favours_noisy_inputs():
     cfg = tiny_config(action_head="flow")
-    head = build_policy(cfg).head
+    head = build_policy(cfg, ROBOT).head
     t = head.sample_time(20000, "cpu", make_generator(0))
     assert 0.0 <= t.min() and t.max() <= 0.999
     assert (t < 0.5).float().mean() > 0.6  # pi0's Beta(1.5, 1) on (s - t) / s
@@ -188,14 +189,8 @@ def test_config_validation_quotes_bad_values():
         tiny_config(fusion="concat")
     with pytest.raises(ValueError, match=r"d_model must be divisible by num_heads=3, got 32"):
         tiny_config(num_heads=3)
-    with pytest.raises(ValueError, match=r"action_dim must equal len\(action_names\)=3, got 4"):
-        tiny_config(action_dim=4)
-    with pytest.raises(ValueError, match=r"unnormalized_names entry 'grip'"):
-        tiny_config(unnormalized_names=["grip"])
     with pytest.raises(ValueError, match=r"image_size must be a multiple of vit_patch_size=8, got 30"):
         tiny_config(vision_encoder="vit", image_size=30)
-    with pytest.raises(ValueError, match=r"use_state needs state_names"):
-        tiny_config(state_names=[], state_dim=0)
     with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\), got 1.5"):
         tiny_config(dropout=1.5)
     with pytest.raises(ValueError, match=r"vision_tower_path must name"):
@@ -209,11 +204,30 @@ def test_config_from_dict_rejects_unknown_keys_and_round_trips(tmp_path):
     cfg.save(tmp_path / "c.json")
     assert VLAConfig.from_json(tmp_path / "c.json") == cfg
     assert json.loads(cfg.to_json())["chunk_size"] == 4
-    assert VLAConfig(action_names=[], action_dim=2, state_names=[], state_dim=0, use_state=False).action_names == [
-        "a0", "a1"]
     assert cfg.replace(chunk_size=9).chunk_size == 9
     with pytest.raises(ValueError, match="unknown VLAConfig key"):
         cfg.replace(chunks=9)
+
+
+def test_robot_interface_validates_and_round_trips():
+    assert ROBOT.action_dim == 3 and ROBOT.state_dim == 2 and ROBOT.num_cameras == 1
+    assert RobotInterface.from_dict(ROBOT.to_dict()) == ROBOT
+    assert RobotInterface(action_names=("a",), camera_names=("c",)).state_names == []
+    with pytest.raises(ValueError, match=r"unknown RobotInterface key\(s\) \['action_dim'\]"):
+        RobotInterface.from_dict({**ROBOT.to_dict(), "action_dim": 3})
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['camera_names'\]"):
+        RobotInterface.from_dict({"action_names": ["a"]})
+    with pytest.raises(ValueError, match="action_names must name at least one"):
+        RobotInterface(action_names=[], camera_names=["front"])
+    with pytest.raises(ValueError, match="state_names must not contain duplicates"):
+        RobotInterface(action_names=["a"], camera_names=["front"], state_names=["j", "j"])
+
+
+def test_interface_without_state_turns_the_state_input_off():
+    policy = build_policy(tiny_config(), RobotInterface(action_names=["j1", "j2"], camera_names=["front"]))
+    assert policy.config.use_state is False and policy.fusion.state_encoder is None
+    # Mask names the robot does not have are ignored: the gripper is not among j1, j2.
+    assert policy.config.unnormalized_names == ["gripper"] and policy.postprocessor is not None
 
 
 def test_config_fields_are_documented():
@@ -230,21 +244,19 @@ def test_config_fields_are_documented():
 
 def test_presets_load_and_tiny_is_small(monkeypatch, tmp_path):
     assert {"tiny", "small", "base", "large", "sim_demo"} <= set(list_presets())
-    for name in list_presets():  # every shipped preset is a valid, complete config
-        cfg = load_preset(name)
-        assert cfg.action_dim == len(cfg.action_names)
-    tiny = build_policy("tiny")
+    defaults = VLAConfig().to_dict()
+    for name in list_presets():  # every shipped preset is valid and lists only overrides of the defaults
+        data = json.loads(next(d / f"{name}.json" for d in preset_dirs() if (d / f"{name}.json").is_file()).read_text())
+        assert all(defaults[k] != v for k, v in data.items()), name
+        load_preset(name)
+    tiny = build_policy("tiny", ROBOT)
     assert tiny.num_parameters() < 1_000_000
     assert load_preset("large").vit_width >= 768
     demo = load_preset("sim_demo")  # the built-in simulated Panda demo
     assert demo.cnn_film and demo.vision_encoder == "cnn" and demo.language_encoder == "pretrained"
-    assert demo.state_names == [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1"]
-    assert demo.action_names == ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
-    assert demo.unnormalized_names == ["gripper"] and demo.camera_names == ["front"]
+    assert demo.unnormalized_names == ["gripper"] and demo.image_size == 96
     assert not any(load_preset(n).cnn_film for n in ("tiny", "small", "base", "large"))
-    # Robot-specific overrides; preset mask names that no longer exist are dropped.
-    cfg = load_preset("tiny", action_names=["j1", "j2"], action_dim=0, state_names=[], state_dim=0)
-    assert cfg.action_dim == 2 and cfg.unnormalized_names == [] and cfg.use_state is False
+    assert load_preset("tiny", chunk_size=12).chunk_size == 12
     # An installed share dir ($VLA_ROS_SHARE/config/models) is searched first.
     (tmp_path / "config" / "models").mkdir(parents=True)
     (tmp_path / "config" / "models" / "mine.json").write_text(tiny_config(chunk_size=7).to_json())

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest_model import batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config  # noqa: F401
-from vla_ros.model import build_policy
+from model_fixtures import ROBOT, batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config  # noqa: F401
+from vla_ros.model import build_policy, save_policy
 from vla_ros.model.compression import Int8WeightOnlyLinear, compare_outputs, distill, quantize_dynamic_int8
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _trained(cfg, batch, steps=40, seed=0):
     seed_all(seed)
-    policy = build_policy(cfg)
+    policy = build_policy(cfg, ROBOT)
     policy.set_normalization_stats(batch_stats(batch))
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
     for _ in range(steps):
@@ -42,7 +42,7 @@ def test_int8_quantized_policy_runs_close_to_fp32(backend, fusion, head, tmp_pat
     assert diff["max_abs_diff"] < 0.15, diff
     assert diff["mean_abs_diff"] < 0.03, diff
     with pytest.raises(ValueError, match="cannot save a quantized policy"):
-        q.save(tmp_path / "q")
+        save_policy(q, tmp_path / "q")
     assert not (tmp_path / "q").exists()
 
 
@@ -52,7 +52,7 @@ def test_frozen_text_backbone_stays_float_unless_asked(tmp_path, backend):
     pytest.importorskip("transformers")
     make_tiny_bert(tmp_path)
     cfg = tiny_config(language_encoder="pretrained", language_model_path=str(tmp_path))
-    policy = build_policy(cfg).eval()
+    policy = build_policy(cfg, ROBOT).eval()
     q = quantize_dynamic_int8(policy, backend=backend)
     assert any(isinstance(m, nn.Linear) for m in q.language.backbone.modules())
     assert not any(isinstance(m, nn.Linear) for part in (q.vision, q.fusion, q.head) for m in part.modules())
@@ -82,7 +82,7 @@ def test_distill_large_into_small(teacher_head, student_head):
     batch = make_batch(t_cfg, batch_size=4)
     teacher = _trained(t_cfg, batch, steps=60)
     seed_all(1)
-    student = build_policy(s_cfg)
+    student = build_policy(s_cfg, ROBOT)
     metrics = distill(teacher, student, [batch], steps=60, temperature=2.0, lr=3e-3)
     assert metrics["steps"] == 60
     if teacher_head == student_head == "discrete":
@@ -97,8 +97,8 @@ def test_distill_large_into_small(teacher_head, student_head):
 
 
 def test_distill_rejects_incompatible_pairs():
-    teacher = build_policy(tiny_config())
+    teacher = build_policy(tiny_config(), ROBOT)
     with pytest.raises(ValueError, match="differ in chunk_size"):
-        distill(teacher, build_policy(tiny_config(chunk_size=5)), [make_batch(tiny_config())], steps=1)
+        distill(teacher, build_policy(tiny_config(chunk_size=5), ROBOT), [make_batch(tiny_config())], steps=1)
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        distill(teacher, build_policy(tiny_config()), [make_batch(tiny_config())], steps=1, temperature=0)
+        distill(teacher, build_policy(tiny_config(), ROBOT), [make_batch(tiny_config())], steps=1, temperature=0)

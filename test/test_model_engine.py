@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_model import batch_stats, make_batch, one_thread, seed_all, tiny_config  # noqa: F401
-from vla_ros.model import Observation, build_policy, load_policy
-from vla_ros.runtime.engine import InferenceEngine, resolve_device
-from vla_ros.runtime.preprocess import preprocess_image, preprocess_images, resize_center_crop
+from model_fixtures import ROBOT, batch_stats, make_batch, one_thread, seed_all, tiny_config, tiny_robot  # noqa: F401
+from vla_ros.imaging.preprocess import preprocess_image, preprocess_images, resize_center_crop
+from vla_ros.model import Observation, build_policy, load_policy, save_policy
+from vla_ros.model.device import resolve_device
+from vla_ros.runtime.engine import InferenceEngine
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STAGES = {"preprocess", "encode", "decode", "postprocess", "total"}
@@ -55,9 +56,10 @@ def test_color_order_grayscale_and_dtypes():
 @pytest.fixture(scope="module")
 def flow_policy():
     seed_all(0)
-    cfg = tiny_config(action_head="flow", fusion="cross_attention", camera_names=["front", "wrist"])
-    policy = build_policy(cfg)
-    policy.set_normalization_stats(batch_stats(make_batch(cfg)))
+    cfg = tiny_config(action_head="flow", fusion="cross_attention")
+    robot = tiny_robot(["front", "wrist"])
+    policy = build_policy(cfg, robot)
+    policy.set_normalization_stats(batch_stats(make_batch(cfg, robot=robot)))
     return policy.eval()
 
 
@@ -108,12 +110,12 @@ def test_engine_input_errors(flow_policy):
     with pytest.raises(ValueError, match="dtype must be one of"):
         InferenceEngine(flow_policy, dtype="int4")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
 
 
 def test_engine_rejects_non_finite_actions(flow_policy, tmp_path):
-    flow_policy.save(tmp_path / "p")
+    save_policy(flow_policy, tmp_path / "p")
     broken = load_policy(tmp_path / "p")
     with torch.no_grad():
         broken.head.out.bias.fill_(float("nan"))
@@ -142,7 +144,7 @@ def test_engine_preprocessed_tensor_input(flow_policy):
 
 @pytest.mark.skipif(not os.environ.get("VLA_ROS_TEST_COMPILE"), reason="torch.compile is slow; set VLA_ROS_TEST_COMPILE=1")
 def test_engine_compile(flow_policy, tmp_path):
-    flow_policy.save(tmp_path / "p")
+    save_policy(flow_policy, tmp_path / "p")
     policy = load_policy(tmp_path / "p")
     engine = InferenceEngine(policy, device="cpu", compile=True)
     engine.warmup(1)

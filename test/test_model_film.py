@@ -5,21 +5,22 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_model import batch_stats, make_batch, one_thread, seed_all, tiny_config  # noqa: F401
-from vla_ros.model import Observation, VLAConfig, build_policy, load_policy, make_generator
+from model_fixtures import ROBOT, batch_stats, make_batch, one_thread, seed_all, tiny_config, tiny_robot  # noqa: F401
+from vla_ros.model import Observation, VLAConfig, build_policy, load_policy, make_generator, save_policy
 from vla_ros.model.fusion import LanguageFeatures
 from vla_ros.runtime.engine import InferenceEngine
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _film_policy(**overrides):
+def _film_policy(camera_names=("front",), **overrides):
     seed_all(0)
     kw = dict(cnn_film=True, fusion="film", action_head="continuous")
     kw.update(overrides)
     cfg = tiny_config(**kw)
-    policy = build_policy(cfg)
-    batch = make_batch(cfg, batch_size=2)
+    robot = tiny_robot(list(camera_names))
+    policy = build_policy(cfg, robot)
+    batch = make_batch(cfg, batch_size=2, robot=robot)
     policy.set_normalization_stats(batch_stats(batch))
     return policy.eval(), batch
 
@@ -41,11 +42,11 @@ def test_config_field_validated_and_round_trips(tmp_path):
     cfg.save(tmp_path / "c.json")
     assert VLAConfig.from_json(tmp_path / "c.json") == cfg and VLAConfig.from_json(tmp_path / "c.json").cnn_film
     # Without FiLM the CNN has no generators and no extra state_dict keys.
-    plain = build_policy(tiny_config())
+    plain = build_policy(tiny_config(), ROBOT)
     assert plain.vision.encoder.film is None and not plain.vision.conditioned
     assert not any(".film." in k for k in plain.vision.state_dict())
     # Non-CNN encoders ignore the flag.
-    assert not build_policy(tiny_config(vision_encoder="vit", cnn_film=True)).vision.conditioned
+    assert not build_policy(tiny_config(vision_encoder="vit", cnn_film=True), ROBOT).vision.conditioned
 
 
 def test_identity_init_equals_plain_cnn_with_same_weights():
@@ -54,7 +55,7 @@ def test_identity_init_equals_plain_cnn_with_same_weights():
     assert len(enc.film) == len(film.config.cnn_channels)
     for gen, ch in zip(enc.film, film.config.cnn_channels):
         assert gen.weight.shape == (2 * ch, film.config.d_model) and not gen.weight.any() and not gen.bias.any()
-    plain = build_policy(film.config.replace(cnn_film=False)).eval()
+    plain = build_policy(film.config.replace(cnn_film=False), film.interface).eval()
     result = plain.load_state_dict(film.state_dict(), strict=False)
     assert not result.missing_keys and all(".film." in k for k in result.unexpected_keys) and result.unexpected_keys
     cond = torch.randn(2, film.config.d_model)
@@ -98,7 +99,7 @@ def test_views_share_the_instruction_and_batches_do_not_mix():
     policy, batch = _film_policy(camera_names=["front", "wrist", "side"])
     _randomize_film(policy)
     cfg = policy.config
-    b2 = make_batch(cfg, batch_size=3, seed=4)
+    b2 = make_batch(cfg, batch_size=3, seed=4, robot=policy.interface)
     with torch.no_grad():
         cond = LanguageFeatures(*policy.language(b2["instructions"])).pooled  # 3 different instructions
         tokens, pooled = policy.vision(b2["images"], cond)
@@ -112,7 +113,7 @@ def test_conditioning_errors_are_clear():
     policy, batch = _film_policy()
     with pytest.raises(ValueError, match=r"FiLM-conditioned \(cnn_film\)"):
         policy.vision(batch["images"])
-    plain = build_policy(tiny_config())
+    plain = build_policy(tiny_config(), ROBOT)
     with pytest.raises(ValueError, match="takes no conditioning"):
         plain.vision(batch["images"], torch.zeros(2, 32))
     with pytest.raises(ValueError, match=r"cond must have shape \(2, C\)"):
@@ -122,7 +123,7 @@ def test_conditioning_errors_are_clear():
 def test_gradients_reach_film_generators_and_it_overfits():
     seed_all(0)
     cfg = tiny_config(cnn_film=True, fusion="cross_attention", action_head="continuous")
-    policy = build_policy(cfg).train()
+    policy = build_policy(cfg, ROBOT).train()
     batch = make_batch(cfg, batch_size=4)
     policy.set_normalization_stats(batch_stats(batch))
     loss, _ = policy.loss(batch)
@@ -150,8 +151,8 @@ def test_checkpoint_round_trip_bit_identical(tmp_path):
     policy, batch = _film_policy(camera_names=["front", "wrist"])
     _randomize_film(policy)
     cfg = policy.config
-    batch = make_batch(cfg, batch_size=2)
-    policy.save(tmp_path / "ckpt")
+    batch = make_batch(cfg, batch_size=2, robot=policy.interface)
+    save_policy(policy, tmp_path / "ckpt")
     loaded = load_policy(tmp_path / "ckpt")
     assert loaded.config == cfg and loaded.config.cnn_film
     for (k, v), (k2, v2) in zip(policy.state_dict().items(), loaded.state_dict().items()):
@@ -176,8 +177,8 @@ def test_inference_engine_runs_film_policy():
     assert np.array_equal(chunk.actions, ref)
     other = engine.infer(frames, "push the button", state, seed=3).actions
     assert not np.array_equal(chunk.actions, other)
-    with torch.no_grad():  # the instruction reaches the CNN inside the engine's encode stage too
-        x = engine._images_tensor(frames, "rgb")
+    with torch.no_grad():  # the instruction reaches the CNN in the encode stage of the pipeline the engine runs
+        x = policy.images_tensor(frames, "rgb")
         f1 = policy.encode(x, ["pick up the red cube"], policy.normalize_state(torch.from_numpy(state)[None]))
         gen = make_generator(0)
         assert torch.isfinite(policy.decode(f1, gen)).all()

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_model import batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config  # noqa: F401
+from model_fixtures import ROBOT, batch_stats, make_batch, make_tiny_bert, one_thread, seed_all, tiny_config, tiny_robot  # noqa: F401
 from safetensors.torch import load_file
 
-from vla_ros.model import CheckpointError, build_policy, load_policy, make_generator
+from vla_ros.model import CheckpointError, build_policy, load_policy, make_generator, save_policy
 from vla_ros.model.checkpoint import tensor_digest
 from vla_ros.model.language import PretrainedTextEncoder
 
@@ -51,15 +51,16 @@ def test_pretrained_vision_tower(tower_dirs, tmp_path, kind):
     src = tmp_path / kind
     shutil.copytree(tower_dirs[kind], src)
     cfg = tiny_config(vision_encoder="pretrained", vision_tower_path=str(src), image_size=48, fusion="prefix",
-                      action_head="flow", camera_names=["front", "wrist"])
-    policy = build_policy(cfg)
+                      action_head="flow")
+    robot = tiny_robot(["front", "wrist"])
+    policy = build_policy(cfg, robot)
     tower = policy.vision.encoder
     # Weights really come from the directory.
     ref = getattr(transformers, "SiglipVisionModel" if kind == "siglip" else "CLIPVisionModel").from_pretrained(src)
     for (k, v), (k2, v2) in zip(ref.state_dict().items(), tower.tower.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
     assert all(not p.requires_grad for p in tower.tower.parameters())
-    batch = make_batch(cfg, batch_size=2)
+    batch = make_batch(cfg, batch_size=2, robot=robot)
     policy.set_normalization_stats(batch_stats(batch))
     tokens, pooled = policy.vision(batch["images"])  # 48 px resized to the tower's 32 px: 16 patches
     n_tokens = 16 if kind == "siglip" else 17  # CLIP keeps its class token in the sequence
@@ -72,7 +73,7 @@ def test_pretrained_vision_tower(tower_dirs, tmp_path, kind):
     assert not tower.tower.training  # a frozen tower stays in eval mode
 
     # The frozen tower is stored by reference (source + sha256), not copied.
-    policy.eval().save(tmp_path / "ckpt")
+    save_policy(policy.eval(), tmp_path / "ckpt")
     stored = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
     assert not any(k.startswith("vision.encoder.tower.") for k in stored)
     assert "vision.encoder.proj.weight" in stored and "vision.encoder.mean" in stored  # trained / own parts are
@@ -99,13 +100,13 @@ def test_trainable_vision_tower_is_stored_in_full(tower_dirs, tmp_path):
     shutil.copytree(tower_dirs["siglip"], src)
     cfg = tiny_config(vision_encoder="pretrained", vision_tower_path=str(src), freeze_vision_tower=False,
                       fusion="film", action_head="continuous")
-    policy = build_policy(cfg)
+    policy = build_policy(cfg, ROBOT)
     batch = make_batch(cfg, batch_size=2)
     policy.set_normalization_stats(batch_stats(batch))
     loss, _ = policy.loss(batch)
     loss.backward()
     assert any(p.grad is not None for p in policy.vision.encoder.tower.parameters())
-    policy.eval().save(tmp_path / "ckpt")
+    save_policy(policy.eval(), tmp_path / "ckpt")
     stored = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
     assert any(k.startswith("vision.encoder.tower.") for k in stored)
     assert not (tmp_path / "ckpt" / "external_weights.json").exists()
@@ -124,7 +125,7 @@ def test_bert_text_encoder_from_local_dir_with_cache(bert_dir, tmp_path):
     shutil.copytree(bert_dir, src)
     cfg = tiny_config(language_encoder="pretrained", language_model_path=str(src), fusion="cross_attention",
                       action_head="discrete")
-    policy = build_policy(cfg)
+    policy = build_policy(cfg, ROBOT)
     enc = policy.language
     assert isinstance(enc, PretrainedTextEncoder) and enc.hidden_size == 24
     tokens, valid, sentence = enc.encode(["pick up the red cube", "open the drawer"])
@@ -152,7 +153,7 @@ def test_bert_text_encoder_from_local_dir_with_cache(bert_dir, tmp_path):
     assert len(small._cache) == 2 and small.num_encoder_calls == 1
 
     # The checkpoint references the frozen backbone (and its tokenizer) at its source.
-    policy.eval().save(tmp_path / "ckpt")
+    save_policy(policy.eval(), tmp_path / "ckpt")
     stored = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
     assert not any(k.startswith("language.backbone.") for k in stored) and "language.proj.weight" in stored
     loaded = load_policy(tmp_path / "ckpt")
@@ -165,9 +166,9 @@ def test_bert_text_encoder_from_local_dir_with_cache(bert_dir, tmp_path):
 
 def test_missing_pretrained_directory_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no config.json"):
-        build_policy(tiny_config(vision_encoder="pretrained", vision_tower_path=str(tmp_path / "none")))
+        build_policy(tiny_config(vision_encoder="pretrained", vision_tower_path=str(tmp_path / "none")), ROBOT)
     with pytest.raises(FileNotFoundError, match="has no config.json"):
-        build_policy(tiny_config(language_encoder="pretrained", language_model_path=str(tmp_path / "none")))
+        build_policy(tiny_config(language_encoder="pretrained", language_model_path=str(tmp_path / "none")), ROBOT)
 
 
 def test_real_minilm_sentence_encoder():

@@ -62,7 +62,7 @@ def bind(name, **kw):
 
 def test_droid_mapping_turns_joint_velocities_into_deltas_and_inverts_the_gripper():
     b = bind("droid", action_dim=8)
-    assert b.state_names == FR3 + ["fr3_finger_joint1"] and b.horizon == 8
+    assert b.state_names == FR3 + ["fr3_finger_joint1"] and b.chunk_size == 8
     state = np.array([0.1, 0.2, 0.3, -1.0, 0.0, 1.0, 0.5, 0.04], np.float32)  # finger 0.04 m: open
     req = b.request([np.zeros((480, 640, 3), np.uint8), np.zeros((480, 640, 3), np.uint8)], "wipe", state)
     assert req["observation/exterior_image_1_left"].shape == (224, 224, 3) and req["prompt"] == "wipe"
@@ -76,7 +76,7 @@ def test_droid_mapping_turns_joint_velocities_into_deltas_and_inverts_the_grippe
 
 def test_libero_mapping_scales_end_effector_deltas_and_maps_the_gripper_to_open_closed():
     b = bind("libero", action_dim=7, action_space="ee_delta", period=0.05)
-    assert b.state_names == [] and b.horizon == 5
+    assert b.state_names == [] and b.chunk_size == 5
     a = b.actions({"actions": np.tile(np.array([1.0, -1.0, 0.5, 0.2, 0, 0, -1.0]), (10, 1))})
     np.testing.assert_allclose(a[0], [0.05, -0.05, 0.025, 0.1, 0, 0, 1.0])  # -1 (open) -> 1 (ours: open)
 

@@ -32,7 +32,7 @@ observation:
     - {key: observation/gripper_position, value: [0.0]}
 actions:
   key: actions
-  horizon: 8
+  chunk_size: 8
   columns: [0, 1, 2, 3, 4, 5, 6]
 """
 

@@ -28,11 +28,12 @@ def server(tmp_path_factory):
     from vla_ros.model.checkpoint import save_policy
     from vla_ros.model.config import load_preset
     from vla_ros.model.policy import build_policy
+    from vla_ros.runtime.policy_loader import DEMO_INTERFACE
 
     import torch
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("serve")
-    save_policy(build_policy(load_preset("tiny")), d / "ckpt")
+    save_policy(build_policy(load_preset("tiny"), DEMO_INTERFACE), d / "ckpt")
     port_file = d / "port"
     env = dict(os.environ, VLA_ROS_TEST_TOKEN=TOKEN)
     proc = RosProcess(executable("serve_policy", "--checkpoint", str(d / "ckpt"), "--port", "0", "--threads", "1",

@@ -19,7 +19,7 @@ def col(*values):
 
 
 def test_single_chunk_pops_in_order_then_dry():
-    q = ChunkQueue(horizon=3, dim=1, refill_threshold=1)
+    q = ChunkQueue(chunk_size=3, dim=1, refill_threshold=1)
     assert q.add_chunk(col(10, 11, 12), start_tick=0) == 3
     assert q.pop(0)[0] == 10
     assert q.pop(1)[0] == 11
@@ -31,7 +31,7 @@ def test_single_chunk_pops_in_order_then_dry():
 def test_ensemble_two_chunks_act_weights():
     # Chunk A from tick 0, chunk B from tick 2; both predict ticks 2 and 3.
     # ACT weights with m = 0.01: oldest (A) gets w0 = exp(0) = 1, B gets w1 = exp(-0.01).
-    q = ChunkQueue(horizon=4, dim=1, mode="ensemble", ensemble_decay=0.01, refill_threshold=1)
+    q = ChunkQueue(chunk_size=4, dim=1, mode="ensemble", ensemble_decay=0.01, refill_threshold=1)
     q.add_chunk(col(10, 11, 12, 13), start_tick=0)
     q.add_chunk(col(20, 21, 22, 23), start_tick=2)
     assert q.pop(0)[0] == 10
@@ -49,7 +49,7 @@ def test_ensemble_two_chunks_act_weights():
 
 def test_ensemble_three_chunks_weights_4_2_1_over_7():
     # m = ln 2 makes w = 1, 1/2, 1/4 -> normalised 4/7, 2/7, 1/7 (oldest first).
-    q = ChunkQueue(horizon=3, dim=2, ensemble_decay=math.log(2), refill_threshold=0)
+    q = ChunkQueue(chunk_size=3, dim=2, ensemble_decay=math.log(2), refill_threshold=0)
     q.add_chunk(np.array([[0, 0], [0, 0], [7, 70]]), start_tick=0)
     q.add_chunk(np.array([[0, 0], [14, 140], [0, 0]]), start_tick=1)
     q.add_chunk(np.array([[28, 280], [0, 0], [0, 0]]), start_tick=2)
@@ -60,7 +60,7 @@ def test_ensemble_three_chunks_weights_4_2_1_over_7():
 
 
 def test_ensemble_zero_decay_is_plain_mean():
-    q = ChunkQueue(horizon=2, dim=1, ensemble_decay=0.0, refill_threshold=0)
+    q = ChunkQueue(chunk_size=2, dim=1, ensemble_decay=0.0, refill_threshold=0)
     q.add_chunk(col(0, 1), 0)
     q.add_chunk(col(3, 99), 1)
     q.pop(0)
@@ -69,7 +69,7 @@ def test_ensemble_zero_decay_is_plain_mean():
 
 def test_ensemble_age_is_observation_tick_not_arrival_order():
     # The chunk from the *older* observation arrives last; it must still get w0.
-    q = ChunkQueue(horizon=4, dim=1, ensemble_decay=math.log(2), refill_threshold=0)
+    q = ChunkQueue(chunk_size=4, dim=1, ensemble_decay=math.log(2), refill_threshold=0)
     q.add_chunk(col(20, 21, 22, 23), start_tick=1)  # newer observation, arrives first
     q.add_chunk(col(10, 11, 12, 13), start_tick=0)  # older observation
     q.pop(0)
@@ -78,7 +78,7 @@ def test_ensemble_age_is_observation_tick_not_arrival_order():
 
 
 def test_latest_mode_uses_newest_chunk_only():
-    q = ChunkQueue(horizon=4, dim=1, mode="latest", refill_threshold=1)
+    q = ChunkQueue(chunk_size=4, dim=1, mode="latest", refill_threshold=1)
     q.add_chunk(col(10, 11, 12, 13), start_tick=0)
     q.add_chunk(col(20, 21, 22, 23), start_tick=2)
     assert q.pop(0)[0] == 10
@@ -91,7 +91,7 @@ def test_latest_mode_uses_newest_chunk_only():
 
 
 def test_stale_actions_are_skipped():
-    q = ChunkQueue(horizon=5, dim=1, refill_threshold=1)
+    q = ChunkQueue(chunk_size=5, dim=1, refill_threshold=1)
     for t in range(3):
         q.pop(t)  # ticks 0, 1, 2 executed (dry)
     # Observation from tick 1: actions for ticks 1 and 2 are in the past -> 3 kept.
@@ -103,24 +103,24 @@ def test_stale_actions_are_skipped():
 
 
 def test_remaining_and_needs_refill():
-    q = ChunkQueue(horizon=6, dim=1, refill_threshold=2)
+    q = ChunkQueue(chunk_size=6, dim=1, refill_threshold=2)
     assert q.remaining(0) == 0 and q.needs_refill(0)
     q.add_chunk(col(0, 1, 2, 3, 4, 5), 0)
     assert q.remaining(0) == 6 and not q.needs_refill(0)
     assert q.remaining(3) == 3 and not q.needs_refill(3)
     assert q.remaining(4) == 2 and q.needs_refill(4)  # 2 <= threshold 2
     rid = q.mark_request(4)
-    assert q.request_in_flight and not q.needs_refill(4)  # one request at a time
+    assert not q.needs_refill(4)  # one request at a time
     q.cancel_request(rid)
     assert q.needs_refill(4)
     rid = q.mark_request(4)
     q.add_chunk(col(4, 5, 6, 7, 8, 9), 4, request_id=rid)
-    assert not q.request_in_flight
     assert q.remaining(4) == 6
+    assert q.needs_refill(8)  # the answer ended the request: the next one can go
 
 
 def test_remaining_walks_over_gaps():
-    q = ChunkQueue(horizon=3, dim=1, refill_threshold=0)
+    q = ChunkQueue(chunk_size=3, dim=1, refill_threshold=0)
     q.add_chunk(col(0, 1, 2), 0)
     q.add_chunk(col(5, 6, 7), 5)  # gap at ticks 3, 4
     assert q.remaining(0) == 3
@@ -128,11 +128,11 @@ def test_remaining_walks_over_gaps():
 
 
 def test_clear_drops_actions_and_late_results():
-    q = ChunkQueue(horizon=4, dim=1, refill_threshold=1)
+    q = ChunkQueue(chunk_size=4, dim=1, refill_threshold=1)
     q.add_chunk(col(1, 2, 3, 4), 0)
     rid = q.mark_request(1)
     q.clear()
-    assert q.remaining(0) == 0 and not q.request_in_flight
+    assert q.remaining(0) == 0 and q.needs_refill(0)  # clear() also forgot the request
     assert q.pop(0) is None
     # The answer to the request sent before clear() arrives late: dropped.
     assert q.add_chunk(col(1, 2, 3, 4), 1, request_id=rid) == 0
@@ -143,7 +143,7 @@ def test_clear_drops_actions_and_late_results():
 
 
 def test_rejects_bad_chunks():
-    q = ChunkQueue(horizon=3, dim=2)
+    q = ChunkQueue(chunk_size=3, dim=2)
     with pytest.raises(ValueError, match="shape"):
         q.add_chunk(np.zeros((3, 3)), 0)
     with pytest.raises(ValueError, match="length"):
@@ -156,12 +156,12 @@ def test_rejects_bad_chunks():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(horizon=0, dim=1),
-        dict(horizon=4, dim=0),
-        dict(horizon=4, dim=1, mode="average"),
-        dict(horizon=4, dim=1, refill_threshold=4),
-        dict(horizon=4, dim=1, refill_threshold=-1),
-        dict(horizon=4, dim=1, ensemble_decay=float("nan")),
+        dict(chunk_size=0, dim=1),
+        dict(chunk_size=4, dim=0),
+        dict(chunk_size=4, dim=1, mode="average"),
+        dict(chunk_size=4, dim=1, refill_threshold=4),
+        dict(chunk_size=4, dim=1, refill_threshold=-1),
+        dict(chunk_size=4, dim=1, ensemble_decay=float("nan")),
     ],
 )
 def test_rejects_bad_config(kwargs):
@@ -170,7 +170,7 @@ def test_rejects_bad_config(kwargs):
 
 
 def test_chunk_is_copied():
-    q = ChunkQueue(horizon=2, dim=1, refill_threshold=0)
+    q = ChunkQueue(chunk_size=2, dim=1, refill_threshold=0)
     chunk = col(1, 2)
     q.add_chunk(chunk, 0)
     chunk[:] = 99
@@ -180,7 +180,7 @@ def test_chunk_is_copied():
 # ----------------------------------------------------------------------------- simulation
 
 
-def simulate(horizon, latency, threshold, mode="ensemble", ticks=5000, jitter=0, seed=0):
+def simulate(chunk_size, latency, threshold, mode="ensemble", ticks=5000, jitter=0, seed=0):
     """Deterministic control loop + inference thread, in ticks.
 
     Every tick: deliver inference results due now, start a request if the queue asks
@@ -192,7 +192,7 @@ def simulate(horizon, latency, threshold, mode="ensemble", ticks=5000, jitter=0,
     Returns (dry ticks after the first action, number of requests, first action tick).
     """
     rng = random.Random(seed)
-    q = ChunkQueue(horizon, 2, mode=mode, refill_threshold=threshold)
+    q = ChunkQueue(chunk_size, 2, mode=mode, refill_threshold=threshold)
     pending = []  # (arrival tick, observation tick, request id)
     first_action = None
     dry = 0
@@ -201,7 +201,7 @@ def simulate(horizon, latency, threshold, mode="ensemble", ticks=5000, jitter=0,
         for item in [p for p in pending if p[0] == t]:
             pending.remove(item)
             _, t0, rid = item
-            ks = np.arange(t0, t0 + horizon, dtype=float)
+            ks = np.arange(t0, t0 + chunk_size, dtype=float)
             q.add_chunk(np.stack([ks, -ks], axis=1), start_tick=t0, request_id=rid)
         if q.needs_refill(t):
             requests += 1
@@ -233,39 +233,39 @@ NO_MISS_COMBOS = [
 
 
 @pytest.mark.parametrize("mode", ["ensemble", "latest"])
-@pytest.mark.parametrize("horizon,latency,threshold", NO_MISS_COMBOS)
-def test_simulation_never_misses_when_latency_fits_threshold(horizon, latency, threshold, mode):
-    dry, requests, first = simulate(horizon, latency, threshold, mode=mode, ticks=5000)
+@pytest.mark.parametrize("chunk_size,latency,threshold", NO_MISS_COMBOS)
+def test_simulation_never_misses_when_latency_fits_threshold(chunk_size, latency, threshold, mode):
+    dry, requests, first = simulate(chunk_size, latency, threshold, mode=mode, ticks=5000)
     assert first == latency  # start-up: nothing to do until the first chunk lands
     assert dry == 0
     # Steady state: one request per (H - threshold) ticks.
-    assert requests == pytest.approx(5000 / (horizon - threshold), rel=0.05)
+    assert requests == pytest.approx(5000 / (chunk_size - threshold), rel=0.05)
 
 
-@pytest.mark.parametrize("horizon,latency,threshold", NO_MISS_COMBOS)
-def test_simulation_never_misses_with_latency_jitter(horizon, latency, threshold):
+@pytest.mark.parametrize("chunk_size,latency,threshold", NO_MISS_COMBOS)
+def test_simulation_never_misses_with_latency_jitter(chunk_size, latency, threshold):
     # Latency varies between latency - 2 and latency ticks (>= 1): still no miss.
     jitter = min(2, latency - 1)
     for seed in range(3):
-        dry, _, _ = simulate(horizon, latency, threshold, ticks=3000, jitter=jitter, seed=seed)
+        dry, _, _ = simulate(chunk_size, latency, threshold, ticks=3000, jitter=jitter, seed=seed)
         assert dry == 0
 
 
-@pytest.mark.parametrize("horizon,latency,threshold", [(10, 5, 3), (16, 10, 4), (50, 30, 20)])
-def test_simulation_misses_when_latency_exceeds_threshold(horizon, latency, threshold):
+@pytest.mark.parametrize("chunk_size,latency,threshold", [(10, 5, 3), (16, 10, 4), (50, 30, 20)])
+def test_simulation_misses_when_latency_exceeds_threshold(chunk_size, latency, threshold):
     # Faster than a chunk (L < H) but the refill is requested too late: the old chunk
     # runs out L - threshold ticks before the new one lands, every cycle.
-    dry, requests, _ = simulate(horizon, latency, threshold, ticks=3000)
+    dry, requests, _ = simulate(chunk_size, latency, threshold, ticks=3000)
     assert dry > 0
     assert dry == pytest.approx(requests * (latency - threshold), abs=latency)
 
 
-@pytest.mark.parametrize("horizon,latency", [(10, 10), (10, 11), (16, 40)])
-def test_too_slow_inference_is_detected_as_dry_ticks(horizon, latency):
+@pytest.mark.parametrize("chunk_size,latency", [(10, 10), (10, 11), (16, 40)])
+def test_too_slow_inference_is_detected_as_dry_ticks(chunk_size, latency):
     # L >= H: every chunk is entirely in the past when it arrives; nothing is ever
     # executed and every tick is reported dry.
     ticks = 2000
-    dry, requests, first = simulate(horizon, latency, horizon // 2, ticks=ticks)
+    dry, requests, first = simulate(chunk_size, latency, chunk_size // 2, ticks=ticks)
     assert first is None
     assert requests == pytest.approx(ticks / latency, abs=1)
 
@@ -273,7 +273,7 @@ def test_too_slow_inference_is_detected_as_dry_ticks(horizon, latency):
 def test_threads_add_and_pop_concurrently():
     # Smoke test for the lock: an inference thread adds chunks while the control
     # loop pops; values stay tick-aligned and nothing raises.
-    q = ChunkQueue(horizon=8, dim=1, refill_threshold=4)
+    q = ChunkQueue(chunk_size=8, dim=1, refill_threshold=4)
     stop = threading.Event()
     clock = {"tick": 0}
     errors = []
@@ -303,4 +303,4 @@ def test_threads_add_and_pop_concurrently():
         stop.set()
         th.join()
     assert not errors
-    assert q.num_chunks <= 9  # expired chunks are pruned
+    assert len(q._chunks) <= 9  # expired chunks are pruned (memory stays bounded)

@@ -15,8 +15,8 @@ from vla_ros.runtime.controller import Controller, ControllerConfig, Hold, Obser
 
 T0 = 100.0   # activation time (s on the node's clock)
 P = 0.01     # control period (s)
-H = 8        # horizon
-CFG = ControllerConfig(cameras=["front"], horizon=H, dim=2, period=P, camera_timeout=0.3, joint_timeout=0.3,
+H = 8        # chunk size
+CFG = ControllerConfig(cameras=["front"], chunk_size=H, dim=2, period=P, camera_timeout=0.3, joint_timeout=0.3,
                        inference_timeout=0.5, refill_threshold=4)
 CFG2 = dataclasses.replace(CFG, cameras=["front", "wrist"])
 JOINTS = np.array([0.1, -0.2])
@@ -129,7 +129,6 @@ def test_startup_sequence_inactive_to_running():
     assert obs.state.dtype == np.float32
     assert obs.stamp == pytest.approx(at(1.5)) and obs.stamp_msg == "stamp-1.5"
     assert obs.start_tick == math.ceil((obs.stamp - T0) / P - 1e-6) == 2
-    assert c.in_flight_for(at(3)) == pytest.approx(P)
 
     r = c.tick(at(2))
     assert (r.tick, r.hold, r.action) == (2, Hold.WAITING_FOR_CHUNK, None)
@@ -139,7 +138,6 @@ def test_startup_sequence_inactive_to_running():
 
     # The chunk arrives at tick 3: its action 0 (tick 2) is already in the past.
     assert c.add_chunk(obs, chunk(10), at(2.5)) == H - 1
-    assert c.in_flight_for(at(3)) is None
     assert c.chunks == 1
     r = c.tick(at(3))
     assert (r.tick, r.hold, r.detail) == (3, Hold.NONE, "")
@@ -401,7 +399,7 @@ def test_take_request_none_while_the_queue_holds_more_than_refill_threshold():
     assert obs is not None and obs.start_tick == 0  # the frame's stamp, not the request time, places it
 
 
-def test_refill_threshold_is_capped_below_the_horizon():
+def test_refill_threshold_is_capped_below_the_chunk_size():
     c = Controller(dataclasses.replace(CFG, refill_threshold=50))
     assert c.queue.refill_threshold == H - 1
 
@@ -579,7 +577,6 @@ def test_inference_timeout_holds_drops_the_late_chunk_and_a_new_request_resumes(
     assert r.hold is Hold.INFERENCE_TIMEOUT and r.hold.is_fault and r.hold_changed
     assert r.detail == "no chunk for 0.510 s"
     assert c.last_error == "inference slower than control.inference_timeout: no chunk for 0.510 s"
-    assert c.in_flight_for(at(54)) is None
     assert c.add_chunk(obs, chunk(0), at(55)) == 0   # the timed-out request's chunk is dropped
     assert c.tick(at(55)).hold is Hold.INFERENCE_TIMEOUT
 
@@ -597,7 +594,6 @@ def test_inference_failed_holds_until_a_chunk_arrives():
     c = ready()
     obs = c.take_request(at(0))
     c.inference_failed(obs, "RuntimeError: boom")
-    assert c.in_flight_for(at(0)) is None
     r = c.tick(at(0))
     assert r.hold is Hold.INFERENCE_FAILED and r.detail == "RuntimeError: boom" and r.hold.is_fault
     assert c.last_error == "inference failed: RuntimeError: boom"

@@ -27,7 +27,7 @@ def test_axis_angle_to_twist():
     np.testing.assert_allclose(tw.linear, [0.2, 0, 0])
     np.testing.assert_allclose(tw.angular, [0, 0, math.pi], atol=1e-12)
     assert tw.gripper == 1.0
-    np.testing.assert_allclose(tw.as_array(), [0.2, 0, 0, 0, 0, math.pi], atol=1e-12)
+    np.testing.assert_allclose(np.concatenate([tw.linear, tw.angular]), [0.2, 0, 0, 0, 0, math.pi], atol=1e-12)
 
 
 def test_euler_to_twist_and_quat():

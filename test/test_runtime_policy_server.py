@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from vla_ros.model import save_policy
 from vla_ros.runtime.controller import Observation
 from vla_ros.runtime.policy_client import SLOTS, PolicyProcess
 from vla_ros.runtime.policy_loader import PolicyLoadError, load_engine
@@ -146,7 +147,7 @@ def torch_one_thread():
 def _save_checkpoint(path, cameras):
     torch.manual_seed(0)
     engine = load_engine("", "tiny", JOINTS, 7, JOINTS, cameras, device="cpu", warmup=0, log=lambda _t: None)
-    engine.engine.policy.save(path)
+    save_policy(engine.engine.policy, path)
     return str(path)
 
 
@@ -202,7 +203,7 @@ def test_ready_metadata(served):
     _, _, meta = served
     assert meta["type"] == "ready"
     assert meta["action_names"] == JOINTS and meta["state_names"] == JOINTS
-    assert meta["horizon"] == 8 and meta["action_dim"] == 7 and meta["device"] == "cpu"
+    assert meta["chunk_size"] == 8 and meta["action_dim"] == 7 and meta["device"] == "cpu"
 
 
 def test_server_chunk_equals_in_process_engine(server, reference):
@@ -359,10 +360,9 @@ def test_killed_server_fails_the_request_in_flight_and_is_restarted(killed):
     assert killed["again"].shape == (8, 7)     # the new server serves
 
 
-# Regression (PolicyProcess.start() dropped the previous buffers without closing them): on a restart
-# after the server died, the client drops its image buffers without closing them, so their
-# descriptors (and the memory behind them) stay open in the node for good; close() no longer
-# knows them either.
+# On a restart after the server died, the client must close the image buffers it shared with the
+# dead server: dropped unclosed, their descriptors (and the memory behind them) would stay open in
+# the node for good, out of close()'s reach.
 def test_restart_releases_the_previous_servers_buffers(killed):
     assert len(killed["buffers_before"]) == 2  # one buffer in each slot before the kill
     assert killed["buffers_after_close"] == set()

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vla_ros.runtime.safety import EStop, JointLimits, SafetyFilter, SafetyResult, WorkspaceBox
+from vla_ros.runtime.safety import JointLimits, SafetyFilter, SafetyResult, WorkspaceBox
 
 # Seeded, deterministic hypothesis runs. Applied per test (not load_profile) so the
 # profile does not leak into other test files. Caveat: Hypothesis also draws literal
@@ -137,7 +137,7 @@ def test_braking_then_hold_then_reverse_survives_rounding():
     for target, ticks in plan:
         for _ in range(ticks):
             r = f.filter_joint_target(None if target is None else [target], ref, ref, vel)
-            cmd = f.hold_command(ref, ref, vel) if r.rejected else r.command
+            cmd = f.hold_command(ref, ref, vel) if r.command is None else r.command
             new_vel = (cmd - ref) / 0.01
             assert not any("cannot be met" in s for s in r.reasons), r.reasons
             assert abs(new_vel[0] - vel[0]) <= dv + 1e-9
@@ -204,7 +204,7 @@ def test_outside_limits_only_moves_back():
 def test_rejections(target, current, why):
     f = SafetyFilter(LIM, DT)
     r = f.filter_joint_target(target, current)
-    assert r.command is None and r.rejected and r.clamped
+    assert r.command is None and r.clamped
     assert len(r.reasons) == 1 and why in r.reasons[0], r.reasons
 
 
@@ -240,19 +240,19 @@ def test_ee_target_workspace():
     assert r.clamped and "workspace" in r.reasons[0]
     r = f.filter_ee_target([0.4, 0.0, 0.1], orientation=[2.0, 0.0, 0.0, 0.0], frame="base_link")
     np.testing.assert_array_equal(r.command, [0.4, 0.0, 0.1, 1.0, 0.0, 0.0, 0.0])
-    assert f.filter_ee_target([0.4, 0.0, 0.1], frame="tool0").rejected
-    assert f.filter_ee_target([np.nan, 0.0, 0.1]).rejected
-    assert f.filter_ee_target([0.4, 0.0, np.inf]).rejected
-    assert f.filter_ee_target([0.4, 0.0]).rejected
-    assert f.filter_ee_target([0.4, 0.0, 0.1], orientation=[0, 0, 0, 0]).rejected
-    assert f.filter_ee_target([0.4, 0.0, 0.1], orientation=[np.nan, 0, 0, 1]).rejected
+    assert f.filter_ee_target([0.4, 0.0, 0.1], frame="tool0").command is None
+    assert f.filter_ee_target([np.nan, 0.0, 0.1]).command is None
+    assert f.filter_ee_target([0.4, 0.0, np.inf]).command is None
+    assert f.filter_ee_target([0.4, 0.0]).command is None
+    assert f.filter_ee_target([0.4, 0.0, 0.1], orientation=[0, 0, 0, 0]).command is None
+    assert f.filter_ee_target([0.4, 0.0, 0.1], orientation=[np.nan, 0, 0, 1]).command is None
     assert box.contains([0.5, 0.0, 0.2]) and not box.contains([0.7, 0.0, 0.2])
 
 
 def test_ee_target_without_workspace_only_checks_finiteness():
     f = SafetyFilter(LIM, DT)
     np.testing.assert_array_equal(f.filter_ee_target([5.0, 5.0, 5.0]).command, [5.0, 5.0, 5.0])
-    assert f.filter_ee_target([np.nan, 5.0, 5.0]).rejected
+    assert f.filter_ee_target([np.nan, 5.0, 5.0]).command is None
 
 
 def test_twist_scaling():
@@ -269,21 +269,10 @@ def test_twist_scaling():
     # Huge values do not overflow the norm.
     r = SafetyFilter.filter_twist([1e300, 1e300, 0], [0, 0, 0], max_linear=1.0, max_angular=1.0)
     np.testing.assert_allclose(r.command[:3], [math.sqrt(0.5), math.sqrt(0.5), 0])
-    assert SafetyFilter.filter_twist([np.nan, 0, 0], [0, 0, 0], 1.0, 1.0).rejected
-    assert SafetyFilter.filter_twist([0, 0, 0], [0, np.inf, 0], 1.0, 1.0).rejected
-    assert SafetyFilter.filter_twist([0, 0, 0], [0, 0, 0], float("nan"), 1.0).rejected
-    assert SafetyFilter.filter_twist([0, 0, 0], [0, 0, 0], -1.0, 1.0).rejected
-
-
-def test_estop_latch():
-    e = EStop()
-    assert not e.active and e.reason is None
-    e.trigger("button")
-    e.trigger("watchdog: images stale")
-    assert e.active and e.reason == "button"
-    assert e.reasons == ["button", "watchdog: images stale"]
-    e.reset()
-    assert not e.active and e.reasons == []
+    assert SafetyFilter.filter_twist([np.nan, 0, 0], [0, 0, 0], 1.0, 1.0).command is None
+    assert SafetyFilter.filter_twist([0, 0, 0], [0, np.inf, 0], 1.0, 1.0).command is None
+    assert SafetyFilter.filter_twist([0, 0, 0], [0, 0, 0], float("nan"), 1.0).command is None
+    assert SafetyFilter.filter_twist([0, 0, 0], [0, 0, 0], -1.0, 1.0).command is None
 
 
 @pytest.mark.parametrize(
@@ -432,7 +421,7 @@ def test_ee_target_is_inside_box_or_rejected(xyz):
     if np.all(np.isfinite(xyz)):
         assert box.contains(r.command)
     else:
-        assert r.rejected
+        assert r.command is None
 
 
 @settings(parent=SEEDED, max_examples=300)
@@ -440,7 +429,7 @@ def test_ee_target_is_inside_box_or_rejected(xyz):
 def test_twist_within_limits_or_rejected(lin, ang):
     r = SafetyFilter.filter_twist(lin, ang, max_linear=0.25, max_angular=1.5)
     if not (np.all(np.isfinite(lin)) and np.all(np.isfinite(ang))):
-        assert r.rejected
+        assert r.command is None
         return
     assert np.linalg.norm(r.command[:3]) <= 0.25 * (1 + 1e-12)
     assert np.linalg.norm(r.command[3:]) <= 1.5 * (1 + 1e-12)

@@ -14,7 +14,6 @@ def make():
 def test_never_fed_is_stale():
     w = make()
     assert w.stale(0.0) == ["image", "joint_states", "inference"]  # configuration order
-    assert not w.healthy(0.0)
     assert w.age("image", 0.0) is None
 
 
@@ -24,7 +23,7 @@ def test_fresh_then_stale_at_timeout_boundary():
     w.feed("joint_states", 10.0)
     w.feed("inference", 10.0)
     assert w.stale(10.0) == []
-    assert w.healthy(10.04)
+    assert w.stale(10.04) == []
     # joint_states: 10.0625 - 10.0 = 0.0625 <= 0.0625 is still fresh; 0.07 > 0.0625 is stale.
     assert w.stale(10.0625) == []
     assert w.stale(10.07) == ["joint_states"]
@@ -68,12 +67,11 @@ def test_unknown_name_and_bad_timeouts():
             Watchdog({"x": bad})
 
 
-def test_reset():
+def test_reset_forgets_every_arrival():
     w = make()
     for name in w.names:
         w.feed(name, 1.0)
-    w.reset("image")
-    assert w.stale(1.0) == ["image"]
+    assert w.stale(1.0) == []
     w.reset()
     assert w.stale(1.0) == ["image", "joint_states", "inference"]
 

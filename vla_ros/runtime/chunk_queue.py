@@ -64,14 +64,14 @@ class ChunkQueue:
     """Thread-safe queue of overlapping action chunks indexed by control tick.
 
     Args:
-        horizon: ``H``, the number of actions per chunk the policy produces. Chunks
+        chunk_size: ``H``, the number of actions per chunk the policy produces. Chunks
             shorter than ``H`` are accepted; longer ones are rejected.
         dim: ``D``, the action dimension.
         mode: ``"ensemble"`` (ACT temporal ensembling) or ``"latest"``.
         ensemble_decay: ``m`` in ``w_i = exp(-m * i)``; ACT's default is 0.01.
         refill_threshold: :meth:`needs_refill` becomes true once the number of
             remaining actions is ``<= refill_threshold``. Set it to at least the
-            inference latency in ticks. Default ``horizon // 2``.
+            inference latency in ticks. Default ``chunk_size // 2``.
 
     Request bookkeeping: call :meth:`mark_request` when an inference request is sent;
     it returns a request id. Pass that id to :meth:`add_chunk` (or
@@ -82,14 +82,14 @@ class ChunkQueue:
 
     def __init__(
         self,
-        horizon: int,
+        chunk_size: int,
         dim: int,
         mode: str = "ensemble",
         ensemble_decay: float = 0.01,
         refill_threshold: int | None = None,
     ) -> None:
-        if int(horizon) != horizon or horizon < 1:
-            raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+        if int(chunk_size) != chunk_size or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         if int(dim) != dim or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if mode not in _MODES:
@@ -97,12 +97,12 @@ class ChunkQueue:
         if not np.isfinite(ensemble_decay):
             raise ValueError(f"ensemble_decay must be finite, got {ensemble_decay!r}")
         if refill_threshold is None:
-            refill_threshold = int(horizon) // 2
-        if int(refill_threshold) != refill_threshold or not 0 <= refill_threshold < horizon:
+            refill_threshold = int(chunk_size) // 2
+        if int(refill_threshold) != refill_threshold or not 0 <= refill_threshold < chunk_size:
             raise ValueError(
-                f"refill_threshold must be an integer in [0, horizon), got {refill_threshold!r}"
+                f"refill_threshold must be an integer in [0, chunk_size), got {refill_threshold!r}"
             )
-        self.horizon = int(horizon)
+        self.chunk_size = int(chunk_size)
         self.dim = int(dim)
         self.mode = mode
         self.ensemble_decay = float(ensemble_decay)
@@ -135,11 +135,6 @@ class ChunkQueue:
             if request_id is None or request_id == self._in_flight:
                 self._in_flight = None
 
-    @property
-    def request_in_flight(self) -> bool:
-        with self._lock:
-            return self._in_flight is not None
-
     # ------------------------------------------------------------------ chunks
     def add_chunk(self, chunk: np.ndarray, start_tick: int, request_id: int | None = None) -> int:
         """Add a chunk whose ``chunk[i]`` is the action for tick ``start_tick + i``.
@@ -162,9 +157,9 @@ class ChunkQueue:
             actions = actions[:, None]
         if actions.ndim != 2 or actions.shape[1] != self.dim:
             raise ValueError(f"chunk must have shape (n, {self.dim}), got {actions.shape}")
-        if not 1 <= actions.shape[0] <= self.horizon:
+        if not 1 <= actions.shape[0] <= self.chunk_size:
             raise ValueError(
-                f"chunk length must be in [1, horizon={self.horizon}], got {actions.shape[0]}"
+                f"chunk length must be in [1, chunk_size={self.chunk_size}], got {actions.shape[0]}"
             )
         if not np.all(np.isfinite(actions)):
             raise ValueError("chunk contains NaN or inf")
@@ -280,8 +275,3 @@ class ChunkQueue:
         """Number of :meth:`pop` calls that returned ``None`` (for diagnostics)."""
         with self._lock:
             return self._dry_ticks
-
-    @property
-    def num_chunks(self) -> int:
-        with self._lock:
-            return len(self._chunks)

@@ -78,7 +78,7 @@ _FAULTS = {Hold.STALE_INPUT, Hold.INFERENCE_TIMEOUT, Hold.INFERENCE_FAILED, Hold
 @dataclass(frozen=True)
 class ControllerConfig:
     cameras: Sequence[str]
-    horizon: int
+    chunk_size: int
     dim: int
     period: float                       # control period, s
     camera_timeout: float = 0.5         # cameras.max_age
@@ -126,8 +126,8 @@ class Controller:
         self.cfg = cfg
         self.cameras = list(cfg.cameras)
         self.period = float(cfg.period)
-        self.queue = ChunkQueue(cfg.horizon, cfg.dim, mode=cfg.ensemble, ensemble_decay=cfg.ensemble_decay,
-                                refill_threshold=min(cfg.refill_threshold, cfg.horizon - 1))
+        self.queue = ChunkQueue(cfg.chunk_size, cfg.dim, mode=cfg.ensemble, ensemble_decay=cfg.ensemble_decay,
+                                refill_threshold=min(cfg.refill_threshold, cfg.chunk_size - 1))
         timeouts = {f"camera:{c}": cfg.camera_timeout for c in self.cameras}
         timeouts["joint_states"] = cfg.joint_timeout
         timeouts.update(cfg.extra_inputs)
@@ -354,10 +354,6 @@ class Controller:
                 self._in_flight_id = self._in_flight_since = None
             self._error_hold = (Hold.INFERENCE_FAILED, error)
             self.last_error = f"{Hold.INFERENCE_FAILED.value}: {error}"
-
-    def in_flight_for(self, now: float) -> float | None:
-        with self._lock:
-            return None if self._in_flight_since is None else now - self._in_flight_since
 
     # ------------------------------------------------------------------ the tick
     def _blocking_hold(self, now: float) -> tuple[Hold | None, str]:

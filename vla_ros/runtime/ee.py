@@ -59,9 +59,6 @@ class Twist:
     angular: np.ndarray  # (3,)
     gripper: float | None = None
 
-    def as_array(self) -> np.ndarray:
-        return np.concatenate([self.linear, self.angular])
-
 
 def _finite(values, size: int, what: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64).reshape(-1)

@@ -1,11 +1,13 @@
 """InferenceEngine: the one object the ROS node uses to run a policy.
 
-It owns the decisions that do not belong in the model: which device (CUDA when present),
-which precision (autocast to bf16 / fp16 on GPU: the weights stay fp32, matrix multiplies
-run on tensor cores), optional ``torch.compile`` and int8 dynamic quantization on CPU,
-warm-up (first calls allocate memory, pick kernels, compile), a seeded generator for the
-flow head's noise, ``torch.inference_mode``, OpenCV preprocessing of raw camera frames,
-and timing of every stage::
+The pipeline and its stage timings are the policy's own (``VLAPolicy.predict``:
+preprocess, encode, decode, postprocess). The engine owns the decisions that do not
+belong in the model: which device (CUDA when present), which precision (autocast to
+bf16 / fp16 on GPU: the weights stay fp32, matrix multiplies run on tensor cores),
+optional ``torch.compile`` and int8 dynamic quantization on CPU, warm-up (first calls
+allocate memory, pick kernels, compile), a seeded generator for the flow head's noise,
+CUDA synchronisation so that stage timings include queued GPU work, a lock, and refusing
+non-finite actions::
 
     engine = InferenceEngine(load_policy("ckpt/"), device="auto", dtype="bfloat16")
     engine.warmup(3)
@@ -19,27 +21,19 @@ serialized by a lock, so a node may call it from any thread.
 from __future__ import annotations
 
 import threading
-import time
 import warnings
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..imaging.preprocess import COLOR_ORDERS
+from ..model.compression import quantize_dynamic_int8
+from ..model.device import resolve_device
 from ..model.policy import VLAPolicy, make_generator
-from ..model.types import ActionChunk
-from .preprocess import COLOR_ORDERS, preprocess_images
+from ..model.types import Observation, PredictedChunk
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(device)!r} requested but CUDA is not available")
-    return dev
 
 
 class InferenceEngine:
@@ -55,7 +49,8 @@ class InferenceEngine:
     ):
         """
         policy: a VLAPolicy (usually from ``load_policy``); the engine puts it in eval mode.
-        device: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N".
+        device: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N"
+            (model.device.resolve_device: CUDA asked for but absent is a ValueError).
         dtype: "float32", "bfloat16" or "float16": autocast precision on GPU. On CPU,
             bfloat16 uses CPU autocast and float16 falls back to float32 (slow on CPU).
         compile: torch.compile the vision encoder, fusion trunk and action head.
@@ -73,11 +68,10 @@ class InferenceEngine:
         if quantize == "int8":
             if self.device.type != "cpu":
                 raise ValueError("int8 dynamic quantization runs on CPU only; use dtype='bfloat16' on GPU")
-            from ..model.compression import quantize_dynamic_int8
-
             policy = quantize_dynamic_int8(policy)
         self.policy = policy.to(self.device).eval()
         self.config = policy.config
+        self.interface = policy.interface
         self.dtype_name = dtype
         self.autocast_dtype: torch.dtype | None = None
         if dtype != "float32":
@@ -100,11 +94,11 @@ class InferenceEngine:
     # ------------------------------------------------------------------ properties
     @property
     def action_names(self) -> list[str]:
-        return list(self.config.action_names)
+        return list(self.interface.action_names)
 
     @property
     def camera_names(self) -> list[str]:
-        return list(self.config.camera_names)
+        return list(self.interface.camera_names)
 
     @property
     def chunk_size(self) -> int:
@@ -124,19 +118,6 @@ class InferenceEngine:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _images_tensor(self, images, color_order: str | Sequence[str]) -> torch.Tensor:
-        if isinstance(images, torch.Tensor):  # already preprocessed (V, 3, S, S) or (1, V, 3, S, S)
-            x = images.to(self.device, torch.float32)
-            return x[None] if x.ndim == 4 else x
-        if isinstance(images, np.ndarray) and images.ndim in (2, 3) and self.config.num_cameras == 1:
-            images = [images]
-        if len(images) != self.config.num_cameras:
-            raise ValueError(
-                f"expected {self.config.num_cameras} images ({self.config.camera_names}), got {len(images)}"
-            )
-        arr = preprocess_images(images, self.config.image_size, color_order)  # (V, 3, S, S)
-        return torch.from_numpy(arr)[None].to(self.device, non_blocking=True)  # (1, V, 3, S, S)
-
     # ------------------------------------------------------------------ API
     def infer(
         self,
@@ -146,42 +127,23 @@ class InferenceEngine:
         *,
         seed: int | None = None,
         color_order: str | Sequence[str] | None = None,
-    ) -> ActionChunk:
-        """Camera frames + instruction (+ state in robot units) -> ActionChunk in robot units.
+    ) -> PredictedChunk:
+        """Camera frames + instruction (+ state in robot units) -> PredictedChunk in robot units.
 
         images: one H x W x 3 (or H x W grayscale) array per camera in config order, any
             size (resized and center-cropped here), or a preprocessed float tensor.
         seed: use a fresh generator seeded with this value for this call only.
         color_order: override the engine's default ("rgb"/"bgr"), globally or per camera.
         """
-        with self._lock, torch.inference_mode():
-            p = self.policy
-            t0 = time.perf_counter()
-            x = self._images_tensor(images, color_order or self.color_order)
-            p.check_images(x)
-            state_n = p.normalize_state(p._state_tensor(state, 1))
-            gen = make_generator(seed, self.device) if seed is not None else self._generator
-            self._sync()
-            t1 = time.perf_counter()
-            with self._autocast():
-                fused = p.encode(x, [instruction], state_n)
-            self._sync()
-            t2 = time.perf_counter()
-            with self._autocast():
-                actions_n = p.decode(fused, gen)
-            self._sync()
-            t3 = time.perf_counter()
-            actions = p.postprocess(actions_n.float())[0].cpu().numpy().astype(np.float32)
-            t4 = time.perf_counter()
-        if not np.isfinite(actions).all():
+        observation = Observation(images, instruction, state)
+        gen = make_generator(seed, self.device) if seed is not None else self._generator
+        with self._lock:
+            chunk = self.policy.predict(observation, gen, color_order=color_order or self.color_order,
+                                        autocast=self._autocast, sync=self._sync)
+        if not np.isfinite(chunk.actions).all():
             raise RuntimeError("the policy produced non-finite actions (NaN/inf); refusing to return them")
-        ms = lambda a, b: (b - a) * 1e3  # noqa: E731
-        timings = {
-            "preprocess": ms(t0, t1), "encode": ms(t1, t2), "decode": ms(t2, t3),
-            "postprocess": ms(t3, t4), "total": ms(t0, t4),
-        }
-        self.last_timings = timings
-        return ActionChunk(actions=actions, action_names=self.action_names, timings=timings)
+        self.last_timings = chunk.timings
+        return chunk
 
     def warmup(self, n: int = 3, instruction: str = "warm up") -> list[float]:
         """Run ``n`` dummy inferences (allocations, kernel selection, compilation).
@@ -190,8 +152,8 @@ class InferenceEngine:
         Returns the total latency of each call in ms.
         """
         S = self.config.image_size
-        frames = [np.zeros((S, S, 3), dtype=np.uint8) for _ in self.config.camera_names]
-        state = np.zeros(self.config.state_dim, dtype=np.float32) if self.config.use_state else None
+        frames = [np.zeros((S, S, 3), dtype=np.uint8) for _ in self.interface.camera_names]
+        state = np.zeros(self.interface.state_dim, dtype=np.float32) if self.config.use_state else None
         out = []
         for i in range(n):
             out.append(self.infer(frames, instruction, state, seed=i).timings["total"])

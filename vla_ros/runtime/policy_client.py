@@ -279,7 +279,7 @@ class InProcessPolicy:
             device=c.get("device", "auto"), dtype=c.get("dtype", "float32"), compile=c.get("compile", False),
             seed=c.get("seed", 0), warmup=c.get("warmup", 2), log=lambda t: self.log("warning", t))
         e = self._engine
-        self.metadata = {"action_names": e.action_names, "state_names": e.state_names, "horizon": e.horizon,
+        self.metadata = {"action_names": e.action_names, "state_names": e.state_names, "chunk_size": e.chunk_size,
                          "action_dim": e.action_dim, "device": e.device}
         self._thread = threading.Thread(target=self._run, name="vla_inference", daemon=True)
         self._thread.start()

@@ -1,7 +1,7 @@
 """Turn a node's model parameters into a ready inference engine, or one clear error.
 
 The ROS node knows only this function and the engine it returns (`infer`, `action_names`,
-`state_names`, `horizon`, `action_dim`, `device`), never a model class.
+`state_names`, `chunk_size`, `action_dim`, `device`), never a model class.
 """
 from __future__ import annotations
 
@@ -9,22 +9,30 @@ from typing import Callable, Sequence
 
 from vla_ros.model.checkpoint import CheckpointError, load_policy
 from vla_ros.model.config import load_preset
+from vla_ros.model.interface import RobotInterface
 from vla_ros.model.policy import build_policy
 from vla_ros.runtime.engine import InferenceEngine
 from vla_ros.runtime.errors import PolicyLoadError
 
 __all__ = ["LoadedEngine", "PolicyLoadError", "load_engine"]
 
+# What an untrained preset serves when there is no checkpoint and no robot to fit (vla-ros
+# serve smoke tests): the simulated Panda's end-effector deltas, joints and front camera.
+DEMO_INTERFACE = RobotInterface(action_names=["x", "y", "z", "roll", "pitch", "yaw", "gripper"],
+                                camera_names=["front"],
+                                state_names=[f"joint_{i}" for i in range(1, 8)] + ["gripper"])
+
 
 class LoadedEngine:
     """An InferenceEngine plus the policy facts the node needs."""
 
-    def __init__(self, engine: InferenceEngine, config):
+    def __init__(self, engine: InferenceEngine):
         self.engine = engine
-        self.config = config
-        self.action_names = list(config.action_names)
-        self.state_names = list(config.state_names) if config.use_state else []
-        self.horizon = int(config.chunk_size)
+        self.config = engine.config
+        self.interface = engine.interface
+        self.action_names = list(self.interface.action_names)
+        self.state_names = list(self.interface.state_names) if self.config.use_state else []
+        self.chunk_size = int(self.config.chunk_size)
         self.action_dim = len(self.action_names)
         self.device = str(engine.device)
 
@@ -47,33 +55,28 @@ def load_engine(checkpoint: str, preset: str, action_names: Sequence[str] | None
         else:
             log(f"model.checkpoint is empty: using preset '{preset}' with UNTRAINED weights "
                 "(for smoke tests only; the robot will not do anything useful)")
-            overrides = dict(camera_names=list(camera_names), state_names=list(state_names))
-            if action_names is not None:
-                overrides["action_names"] = list(action_names)
-            else:
-                overrides["action_names"] = [f"a{i}" for i in range(action_dim)]
-            overrides["action_dim"] = 0
-            overrides["state_dim"] = 0
-            policy = build_policy(load_preset(preset, **overrides))
+            names = list(action_names) if action_names is not None else [f"a{i}" for i in range(action_dim)]
+            robot = RobotInterface(action_names=names, camera_names=list(camera_names), state_names=list(state_names))
+            policy = build_policy(load_preset(preset), robot)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         raise PolicyLoadError(str(exc)) from exc
-    cfg = policy.config
+    robot_io = policy.interface
     source = checkpoint or f"preset '{preset}'"
-    if action_names is not None and list(cfg.action_names) != list(action_names):
-        raise PolicyLoadError(f"{source} predicts actions {list(cfg.action_names)} but the robot "
+    if action_names is not None and list(robot_io.action_names) != list(action_names):
+        raise PolicyLoadError(f"{source} predicts actions {list(robot_io.action_names)} but the robot "
                               f"expects {list(action_names)} (joints.names + gripper)")
-    if len(cfg.action_names) != action_dim:
-        raise PolicyLoadError(f"{source} predicts {len(cfg.action_names)} action dimensions, "
+    if len(robot_io.action_names) != action_dim:
+        raise PolicyLoadError(f"{source} predicts {len(robot_io.action_names)} action dimensions, "
                               f"the robot's action space has {action_dim}")
-    if len(cfg.camera_names) != len(camera_names):
-        raise PolicyLoadError(f"{source} expects {len(cfg.camera_names)} cameras "
-                              f"{list(cfg.camera_names)}, cameras.names has {list(camera_names)}")
+    if len(robot_io.camera_names) != len(camera_names):
+        raise PolicyLoadError(f"{source} expects {len(robot_io.camera_names)} cameras "
+                              f"{list(robot_io.camera_names)}, cameras.names has {list(camera_names)}")
     try:
         engine = InferenceEngine(policy, device=device, dtype=dtype, compile=compile, seed=seed)
         engine.warmup(warmup)
     except (RuntimeError, ValueError) as exc:
         raise PolicyLoadError(f"could not prepare the model for inference on {device}/{dtype}: {exc}") from exc
-    return LoadedEngine(engine, cfg)
+    return LoadedEngine(engine)
 
 
 def load_engine_for_checkpoint(checkpoint: str, preset: str = "tiny", device: str = "auto", dtype: str = "float32",
@@ -85,7 +88,7 @@ def load_engine_for_checkpoint(checkpoint: str, preset: str = "tiny", device: st
             policy = load_policy(checkpoint, device="cpu")
         else:
             log(f"no checkpoint: serving preset '{preset}' with UNTRAINED weights (smoke tests only)")
-            policy = build_policy(load_preset(preset))
+            policy = build_policy(load_preset(preset), DEMO_INTERFACE)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         raise PolicyLoadError(str(exc)) from exc
     try:
@@ -93,4 +96,4 @@ def load_engine_for_checkpoint(checkpoint: str, preset: str = "tiny", device: st
         engine.warmup(warmup)
     except (RuntimeError, ValueError) as exc:
         raise PolicyLoadError(f"could not prepare the model for inference on {device}/{dtype}: {exc}") from exc
-    return LoadedEngine(engine, policy.config)
+    return LoadedEngine(engine)

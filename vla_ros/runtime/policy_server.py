@@ -6,7 +6,7 @@ and supervises it. The conversation (JSON messages, see ipc.py):
     node -> server  {"type": "load", checkpoint, preset, action_names, action_dim, state_names,
                      camera_names, device, dtype, compile, seed, threads, warmup}
     server -> node  {"type": "log", "level", "text"}                 (any number, while loading)
-                    {"type": "ready", action_names, state_names, horizon, action_dim, device, warmup_ms}
+                    {"type": "ready", action_names, state_names, chunk_size, action_dim, device, warmup_ms}
                  or {"type": "error", "message"} and exit 2          (the model cannot be used)
     node -> server  {"type": "infer", "id", "slot", "instruction", "state",
                      "images": [{"key", "shape", "dtype"}], "buffers": [{"key", "size"}]}
@@ -50,7 +50,7 @@ def _load(sock, cfg: dict):
             ipc.send(sock, {"type": "error", "message": str(exc)})
             return None
         ipc.send(sock, {"type": "ready", "action_names": engine.action_names, "state_names": engine.state_names,
-                        "horizon": engine.horizon, "action_dim": engine.action_dim, "device": engine.device,
+                        "chunk_size": engine.chunk_size, "action_dim": engine.action_dim, "device": engine.device,
                         "load_s": time.perf_counter() - t0, "server_metadata": _plain(engine.metadata)})
         return engine
     from vla_ros.runtime.policy_loader import load_engine
@@ -65,7 +65,7 @@ def _load(sock, cfg: dict):
         ipc.send(sock, {"type": "error", "message": str(exc)})
         return None
     ipc.send(sock, {"type": "ready", "action_names": engine.action_names, "state_names": engine.state_names,
-                    "horizon": engine.horizon, "action_dim": engine.action_dim, "device": engine.device,
+                    "chunk_size": engine.chunk_size, "action_dim": engine.action_dim, "device": engine.device,
                     "load_s": time.perf_counter() - t0})
     return engine
 

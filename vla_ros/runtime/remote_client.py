@@ -66,7 +66,7 @@ class RemoteEngine:
         if constant:
             log("warning", f"{self.mapping.source}: {constant} are sent as constants from the mapping, not measured")
         self.action_names, self.state_names = b.action_names, b.state_names
-        self.horizon, self.action_dim = b.horizon, b.action_dim
+        self.chunk_size, self.action_dim = b.chunk_size, b.action_dim
         self.metadata = self._meta
 
     # ------------------------------------------------------------------ connection
@@ -98,7 +98,7 @@ class RemoteEngine:
             ws.close()
             raise ConnectionError(f"no metadata from the server: {exc}") from exc
         if self.binding is not None and (binding.state_names != self.binding.state_names
-                                         or binding.horizon != self.binding.horizon):
+                                         or binding.chunk_size != self.binding.chunk_size):
             ws.close()
             raise ValueError("the server's metadata changed since configure (state names or chunk size); "
                              "reconfigure the node")
@@ -153,10 +153,10 @@ class RemoteEngine:
         policy = data.get("policy_timing") if isinstance(data.get("policy_timing"), dict) else {}
         model_ms = policy.get("total", timing.get("infer_ms", float("nan")))
         period = self.cfg["period"]
-        lasts = self.horizon * period * 1e3
+        lasts = self.chunk_size * period * 1e3
         if rtt > lasts and not self.slow:
             self.log("warning", f"the policy server answered in {rtt:.0f} ms, longer than a chunk lasts "
-                                f"({self.horizon} x {period * 1e3:.0f} ms = {lasts:.0f} ms): the arm will hold "
+                                f"({self.chunk_size} x {period * 1e3:.0f} ms = {lasts:.0f} ms): the arm will hold "
                                 "between chunks")
         elif rtt <= lasts and self.slow:
             self.log("info", f"the policy server is keeping up again ({rtt:.0f} ms per chunk)")

@@ -19,7 +19,7 @@ the robot or the server is refused before the arm moves, with the names that dif
       constants: {}               # extra keys sent as they are (strings, numbers)
     actions:
       key: actions                # the reply's array, (H, D')
-      horizon: null               # rows used per chunk (null: the metadata's chunk_size)
+      chunk_size: null            # rows used per chunk (null: the metadata's chunk_size)
       columns: null               # which of D' columns, in the robot's action order (null: all)
       scale: 1.0                  # per column (or one number): robot = server * scale + offset
       offset: 0.0
@@ -72,7 +72,7 @@ class Mapping:
     state: list[StateSpec]
     constants: dict
     action_key: str
-    horizon: int | None
+    chunk_size: int | None
     columns: list[int] | None
     scale: Any
     offset: Any
@@ -141,10 +141,14 @@ def parse_mapping(data: dict, source: str = "mapping") -> Mapping:
     if not isinstance(constants, dict):
         _fail(source, "observation.constants", "expected a map")
     act = data.get("actions") or {}
+    known_act = {"key", "chunk_size", "columns", "scale", "offset", "per_second"}
+    if not isinstance(act, dict) or set(act) - known_act:
+        _fail(source, "actions", f"unknown keys {sorted(set(act) - known_act) if isinstance(act, dict) else act!r} "
+                                 f"(known: {sorted(known_act)})")
     key = act.get("key", "actions")
-    horizon = act.get("horizon")
-    if horizon is not None and not (isinstance(horizon, int) and horizon >= 1):
-        _fail(source, "actions.horizon", f"expected a positive integer or null, got {horizon!r}")
+    chunk_size = act.get("chunk_size")
+    if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size >= 1):
+        _fail(source, "actions.chunk_size", f"expected a positive integer or null, got {chunk_size!r}")
     columns = act.get("columns")
     if columns is not None and (not isinstance(columns, list) or not columns
                                 or not all(isinstance(c, int) and c >= 0 for c in columns)):
@@ -152,7 +156,7 @@ def parse_mapping(data: dict, source: str = "mapping") -> Mapping:
     per_second = act.get("per_second") or []
     if not isinstance(per_second, list) or not all(isinstance(c, int) and c >= 0 for c in per_second):
         _fail(source, "actions.per_second", f"expected column indices (of the robot's action), got {per_second!r}")
-    return Mapping(source, dict(require), prompt, images, state, dict(constants), key, horizon, columns,
+    return Mapping(source, dict(require), prompt, images, state, dict(constants), key, chunk_size, columns,
                    act.get("scale", 1.0), act.get("offset", 0.0), per_second, data)
 
 
@@ -235,12 +239,12 @@ class Binding:
             diffs.append(f"prompt key: server {meta['prompt_key']!r}, mapping {m.prompt_key!r}")
         # actions
         chunk = meta.get("chunk_size")
-        self.horizon = m.horizon or chunk
-        if not isinstance(self.horizon, int) or self.horizon < 1:
-            raise MappingError(f"{m.source}: actions.horizon is not set and the server's metadata has no "
+        self.chunk_size = m.chunk_size or chunk
+        if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+            raise MappingError(f"{m.source}: actions.chunk_size is not set and the server's metadata has no "
                                "chunk_size: say how many actions per chunk to use")
-        if isinstance(chunk, int) and self.horizon > chunk:
-            diffs.append(f"chunk size: the mapping uses {self.horizon} actions, the server's chunk_size is {chunk}")
+        if isinstance(chunk, int) and self.chunk_size > chunk:
+            diffs.append(f"chunk size: the mapping uses {self.chunk_size} actions, the server's chunk_size is {chunk}")
         server_dim = meta.get("action_dim")
         self.columns = m.columns if m.columns is not None else (
             list(range(server_dim)) if isinstance(server_dim, int) else list(range(action_dim)))
@@ -308,17 +312,17 @@ class Binding:
         return out
 
     def actions(self, reply) -> np.ndarray:
-        """The reply's actions in robot units (horizon x action_dim), or ValueError saying what is wrong."""
+        """The reply's actions in robot units (chunk_size x action_dim), or ValueError saying what is wrong."""
         if not isinstance(reply, dict):
             raise ValueError(f"the server's reply is a {type(reply).__name__}, not a map")
         a = reply.get(self.m.action_key)
         if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu":
             raise ValueError(f"the server's reply has no numeric array {self.m.action_key!r} "
                              f"(keys: {sorted(map(str, reply))})")
-        if a.ndim != 2 or a.shape[0] < self.horizon or a.shape[1] <= max(self.columns):
+        if a.ndim != 2 or a.shape[0] < self.chunk_size or a.shape[1] <= max(self.columns):
             raise ValueError(f"the server returned actions of shape {list(a.shape)}; expected at least "
-                             f"[{self.horizon}, {max(self.columns) + 1}]")
-        out = a[: self.horizon][:, self.columns].astype(np.float64) * self.scale + self.offset
+                             f"[{self.chunk_size}, {max(self.columns) + 1}]")
+        out = a[: self.chunk_size][:, self.columns].astype(np.float64) * self.scale + self.offset
         if not np.isfinite(out).all():
             raise ValueError("the server returned non-finite actions (NaN/inf); refused")
         return out

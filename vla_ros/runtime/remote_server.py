@@ -62,9 +62,10 @@ def checkpoint_metadata(checkpoint: str, engine, max_image_side: int, max_prompt
         "server": "vla_ros", "protocol_version": PROTOCOL_VERSION, "vla_ros_version": __version__,
         "checkpoint": Path(checkpoint).name if checkpoint else "",
         "action_names": list(engine.action_names), "action_dim": engine.action_dim,
-        "action_space": data.get("kind") or None, "chunk_size": engine.horizon,
+        "action_space": data.get("kind") or None, "chunk_size": engine.chunk_size,
         "period": data.get("control_period") or None,
-        "cameras": list(cfg.camera_names), "image_keys": [IMAGE_KEY.format(c) for c in cfg.camera_names],
+        "cameras": list(engine.interface.camera_names),
+        "image_keys": [IMAGE_KEY.format(c) for c in engine.interface.camera_names],
         "image_size": int(cfg.image_size), "image_layout": "HWC uint8 RGB", "max_image_side": max_image_side,
         "state_names": list(engine.state_names), "state_key": STATE_KEY if engine.state_names else None,
         "prompt_key": PROMPT_KEY, "instruction_free": False, "max_prompt_length": max_prompt,
@@ -274,7 +275,7 @@ def run_serve_cli(args) -> int:
         if task.done():
             await task  # raises the bind error
         log.info("serving %s (%s, chunk %d x %d, cameras %s) on ws://%s:%d (loaded in %.1f s); /healthz",
-                 args.checkpoint or f"preset {args.preset}", engine.device, engine.horizon, engine.action_dim,
+                 args.checkpoint or f"preset {args.preset}", engine.device, engine.chunk_size, engine.action_dim,
                  meta["cameras"], args.host, server.port, time.perf_counter() - t0)
         if args.ready_file:
             Path(args.ready_file).write_text(f"{server.port}\n")

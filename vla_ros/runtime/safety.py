@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
-    "EStop",
     "JointLimits",
     "SafetyFilter",
     "SafetyResult",
@@ -166,10 +165,6 @@ class SafetyResult:
     clamped: bool
     reasons: list[str] = field(default_factory=list)
     velocity: np.ndarray | None = None
-
-    @property
-    def rejected(self) -> bool:
-        return self.command is None
 
 
 def _reject(reason: str) -> SafetyResult:
@@ -525,40 +520,3 @@ class SafetyFilter:
             return SafetyResult(command=cmd, clamped=scale < 1.0, reasons=reasons)
         except Exception as exc:  # pragma: no cover - never raise
             return _reject(f"internal error in safety filter: {exc!r}")
-
-
-class EStop:
-    """Latching emergency stop: once triggered it stays active until :meth:`reset`.
-
-    Thread-safe: trigger from any callback (button topic, watchdog, exception handler).
-    The first reason is kept (the root cause); later triggers are appended to
-    :attr:`reasons` for the log.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._reasons: list[str] = []
-
-    def trigger(self, reason: str) -> None:
-        with self._lock:
-            self._reasons.append(str(reason))
-
-    def reset(self) -> None:
-        with self._lock:
-            self._reasons.clear()
-
-    @property
-    def active(self) -> bool:
-        with self._lock:
-            return bool(self._reasons)
-
-    @property
-    def reason(self) -> str | None:
-        """The reason of the first trigger since the last reset."""
-        with self._lock:
-            return self._reasons[0] if self._reasons else None
-
-    @property
-    def reasons(self) -> list[str]:
-        with self._lock:
-            return list(self._reasons)

@@ -79,13 +79,7 @@ class Watchdog:
                 out.append(name)
         return out
 
-    def healthy(self, now: float) -> bool:
-        return not self.stale(now)
-
-    def reset(self, name: str | None = None) -> None:
-        """Forget arrivals (all, or one input): they count as never fed again."""
+    def reset(self) -> None:
+        """Forget every arrival: each input counts as never fed again."""
         with self._lock:
-            if name is None:
-                self._last.clear()
-            else:
-                self._last.pop(name, None)
+            self._last.clear()

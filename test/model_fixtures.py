@@ -1,4 +1,4 @@
-"""Shared helpers for the model tests (imported by test_model_*.py; not a pytest conftest).
+"""Shared helpers for the model tests (imported by test_model_*.py).
 
 Tiny sizes everywhere so the whole model suite runs in a few minutes on 2 CPU cores.
 """
@@ -8,18 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from vla_ros.model import VLAConfig, compute_stats
+from vla_ros.model import RobotInterface, VLAConfig, compute_stats
 
 ACTION_NAMES = ["x", "y", "gripper"]
 STATE_NAMES = ["j1", "gripper"]
 INSTRUCTIONS = ["pick up the red cube", "place the cube in the bowl", "open the drawer", "push the button"]
 
 TINY = dict(
-    action_names=ACTION_NAMES, state_names=STATE_NAMES, camera_names=["front"], chunk_size=4, image_size=32,
+    chunk_size=4, image_size=32,
     cnn_channels=[8, 16], cnn_keypoints=8, vit_patch_size=8, vit_width=32, vit_depth=1, vit_heads=2,
     text_max_length=24, text_depth=1, d_model=32, num_heads=2, fusion_depth=1, flow_expert_depth=1,
     flow_steps=5, unnormalized_names=["gripper"], dropout=0.0,
 )
+ROBOT = RobotInterface(action_names=ACTION_NAMES, camera_names=["front"], state_names=STATE_NAMES)
 
 
 def tiny_config(**overrides) -> VLAConfig:
@@ -28,19 +29,24 @@ def tiny_config(**overrides) -> VLAConfig:
     return VLAConfig.from_dict(data)
 
 
-def make_batch(cfg: VLAConfig, batch_size: int = 4, seed: int = 1) -> dict:
+def tiny_robot(camera_names: list[str]) -> RobotInterface:
+    """ROBOT with other cameras."""
+    return RobotInterface(action_names=ACTION_NAMES, camera_names=camera_names, state_names=STATE_NAMES)
+
+
+def make_batch(cfg: VLAConfig, batch_size: int = 4, seed: int = 1, robot: RobotInterface = ROBOT) -> dict:
     """A fixed batch in robot units: x in [-0.3, 0.5] m, y in [1, 3], gripper in {0, 1}."""
     g = torch.Generator().manual_seed(seed)
-    B, H = batch_size, cfg.chunk_size
-    actions = torch.rand(B, H, cfg.action_dim, generator=g)
-    lo = torch.tensor([-0.3, 1.0] + [0.0] * (cfg.action_dim - 2))
-    hi = torch.tensor([0.5, 3.0] + [1.0] * (cfg.action_dim - 2))
+    B, H, D = batch_size, cfg.chunk_size, robot.action_dim
+    actions = torch.rand(B, H, D, generator=g)
+    lo = torch.tensor([-0.3, 1.0] + [0.0] * (D - 2))
+    hi = torch.tensor([0.5, 3.0] + [1.0] * (D - 2))
     actions = lo + actions * (hi - lo)
     actions[..., -1] = (actions[..., -1] > 0.5).float()  # binary gripper, left unnormalized
     return {
-        "images": torch.rand(B, cfg.num_cameras, 3, cfg.image_size, cfg.image_size, generator=g),
+        "images": torch.rand(B, robot.num_cameras, 3, cfg.image_size, cfg.image_size, generator=g),
         "instructions": [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(B)],
-        "state": torch.randn(B, cfg.state_dim, generator=g) * 0.5 + 1.0,
+        "state": torch.randn(B, robot.state_dim, generator=g) * 0.5 + 1.0,
         "actions": actions,
     }
 

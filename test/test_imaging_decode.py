@@ -1,11 +1,11 @@
-"""Tests for vla_ros.runtime.images (raw and compressed decoding, no cv_bridge)."""
+"""Tests for vla_ros.imaging.decode (raw and compressed decoding, no cv_bridge)."""
 
 import array
 
 import numpy as np
 import pytest
 
-from vla_ros.runtime.images import (
+from vla_ros.imaging.decode import (
     SUPPORTED_ENCODINGS,
     ImageDecodeError,
     decode_compressed,
@@ -158,7 +158,7 @@ def test_damaged_jpeg_is_refused_with_libjpeg_reason_and_nothing_on_stderr(capfd
 def test_codec_message_capture_passes_other_stderr_output_through(capfd):
     import os
 
-    from vla_ros.runtime.images import _codec_messages
+    from vla_ros.imaging.decode import _codec_messages
 
     with _codec_messages() as lines:
         os.write(2, b"Corrupt JPEG data: 3 extraneous bytes before marker 0xd9\n")

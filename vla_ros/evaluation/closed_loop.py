@@ -1,0 +1,100 @@
+"""Closed-loop evaluation without ROS: the episode plan, per-episode records, the summary per
+task family, report.json and the table; contact sheets of an episode's frames.
+
+The rclpy driver that runs the episodes through the ROS graph is
+:mod:`vla_ros.ros.closed_loop` (`vla-ros eval`).
+
+Episode seeds are ``seed + i``; data collection uses other seeds (1000 + i by default
+with far fewer episodes than the evaluation offset), so evaluation scenes are unseen.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from vla_ros.share import share_dirs
+
+DEFAULT_FAMILIES = ("touch", "push")
+DEFAULT_SEED = 100_000
+DEFAULT_OUT_DIR = "eval_closed_loop"
+REPORT_FILE = "report.json"
+
+
+def default_params_file() -> Path:
+    """config/robots/sim_panda.yaml in the first of vla_ros.share.share_dirs() that has config/robots."""
+    for d in share_dirs():
+        if (d / "config" / "robots").is_dir():
+            return d / "config" / "robots" / "sim_panda.yaml"
+    raise FileNotFoundError("cannot find vla_ros' config/robots ($VLA_ROS_SHARE, source tree or share/vla_ros)")
+
+
+def episode_plan(families: Sequence[str], episodes: int, seed: int) -> Iterator[tuple[str, int]]:
+    """(family, scene seed) of every episode, family by family: seeds seed .. seed + episodes - 1."""
+    for family in families:
+        for i in range(episodes):
+            yield family, seed + i
+
+
+def episode_record(family: str, seed: int, phrasing: str, instruction: str, outcome: str, steps: int,
+                   sim_seconds: float, wall_seconds: float) -> dict:
+    """One episode's entry in report.json; success means the outcome "succeeded"."""
+    return {"family": family, "seed": seed, "phrasing": phrasing, "instruction": instruction,
+            "success": outcome == "succeeded", "outcome": outcome, "steps": int(steps),
+            "sim_seconds": round(float(sim_seconds), 3), "wall_seconds": round(wall_seconds, 3)}
+
+
+def summarize(results: list[dict], families: Sequence[str]) -> dict:
+    """Per family: episodes, successes, success rate, mean simulated seconds of the successes."""
+    summary = {}
+    for family in families:
+        eps = [e for e in results if e["family"] == family]
+        ok = [e for e in eps if e["success"]]
+        summary[family] = {"episodes": len(eps), "successes": len(ok),
+                           "success_rate": round(len(ok) / len(eps), 4) if eps else None,
+                           "mean_sim_seconds_success": round(float(np.mean([e["sim_seconds"] for e in ok])), 2)
+                           if ok else None}
+    return summary
+
+
+def write_report(out: Path, results: list[dict], families: Sequence[str], *, checkpoint: str, server: str,
+                 phrasing: str, seed: int, episodes: int, timeout: float, real_time_factor: float,
+                 params_file: str, wall_seconds: float) -> dict:
+    """Build the report (settings, summary, episodes), write it to out/report.json, return it."""
+    report = {"checkpoint": str(checkpoint), "server": server or None, "phrasing": phrasing, "seed": seed,
+              "episodes_per_family": episodes, "timeout_sim_seconds": timeout, "real_time_factor": real_time_factor,
+              "params_file": params_file, "wall_seconds": round(wall_seconds, 1),
+              "summary": summarize(results, families), "episodes": results}
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def format_table(report: dict) -> str:
+    lines = [f"closed-loop evaluation: {report['checkpoint']} ({report['phrasing']} phrasings, seeds from "
+             f"{report['seed']})", "",
+             "| task  | episodes | successes | success rate |", "|---|---|---|---|"]
+    for family, s in report["summary"].items():
+        rate = f"{100 * s['success_rate']:.0f}%" if s["success_rate"] is not None else "-"
+        lines.append(f"| {family} | {s['episodes']} | {s['successes']} | {rate} |")
+    lines.append("")
+    lines.append(f"wall time {report['wall_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def contact_sheet(frames: list[np.ndarray], path: Path, columns: int = 8, max_frames: int = 32) -> None:
+    """A grid of up to ``max_frames`` evenly spaced frames, written as PNG (OpenCV)."""
+    import cv2
+
+    if not frames:
+        return
+    idx = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
+    tiles = [frames[i] for i in idx]
+    h, w = tiles[0].shape[:2]
+    rows = (len(tiles) + columns - 1) // columns
+    sheet = np.full((rows * h, columns * w, 3), 255, np.uint8)
+    for k, t in enumerate(tiles):
+        r, c = divmod(k, columns)
+        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = t
+    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))

@@ -1,0 +1,79 @@
+"""TrainConfig (optimization and bookkeeping of a run), TrainResult and TrainingError."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class TrainingError(ValueError):
+    """A run that cannot start or resume; the message says why."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimization and bookkeeping of one training run."""
+
+    steps: int = 2000                 # optimizer steps
+    batch_size: int = 32              # frames per batch
+    lr: float = 3e-4                  # peak learning rate
+    weight_decay: float = 1e-4        # AdamW weight decay (not on biases and norms)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # Linear warmup over this many steps, then cosine decay to lr * min_lr_ratio.
+    # None: min(100, steps // 10).
+    warmup_steps: int | None = None
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0            # max global gradient norm (0: no clipping)
+    augment: bool = True              # DrQ random shift
+    augment_pad: int = 4              # pixels of replicate padding before the random crop
+    val_fraction: float = 0.1         # share of episodes held out (by episode)
+    val_every: int = 200              # steps between validations
+    val_max_batches: int = 20         # validation on at most this many batches (a fixed subset)
+    checkpoint_every: int = 500       # steps between checkpoints (out_dir/last)
+    log_every: int = 10               # steps between train_log.jsonl entries
+    seed: int = 0                     # seed of python, numpy and torch RNGs
+    threads: int = 0                  # torch intra-op threads (0: torch's default)
+    device: str = "cpu"               # "cpu", "cuda", "cuda:N" or "auto"
+    progress: bool = True             # tqdm progress bar
+
+    def __post_init__(self) -> None:
+        for n in ("steps", "batch_size", "val_every", "checkpoint_every", "log_every"):
+            v = getattr(self, n)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"TrainConfig.{n} must be a positive integer, got {v!r}")
+        if self.warmup_steps is None:
+            self.warmup_steps = min(100, self.steps // 10)
+        for n in ("warmup_steps", "augment_pad", "threads", "seed", "val_max_batches"):
+            v = getattr(self, n)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"TrainConfig.{n} must be a non-negative integer, got {v!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        self.betas = [float(b) for b in self.betas]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig key(s) {unknown}; valid keys are {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    last_dir: Path
+    best_dir: Path | None
+    best_val_loss: float | None
+    last_train_loss: float | None
+    num_train_episodes: int
+    num_val_episodes: int
