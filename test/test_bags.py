@@ -23,8 +23,9 @@ from rosgraph_msgs.msg import Clock
 from ruamel.yaml import YAML
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
+from std_srvs.srv import Trigger
 
-from ros_testing import RawCollector, RosProcess, executable, spinning_node, wait_for
+from ros_testing import RawCollector, RosProcess, call_service, executable, spinning_node, wait_for
 from vla_ros.data.bags import BagError, BagReader, BagWriter, read_bag, write_bag
 
 N = 50
@@ -166,12 +167,20 @@ def _timing_bag(path, storage="sqlite3"):
     return np.diff(stamps) / 1e9, stamps
 
 
-def _play_and_time(args, log_path, n_expected, extra_topics=None):
+def _play_and_time(args, log_path, n_expected, extra_topics=None, paused=False):
+    """Play, collect what arrives and when. paused: the player starts paused and is resumed once
+    this side's readers have matched its writers, so no message waits for discovery in a burst."""
     with spinning_node("bag_test_timing_listener") as n:
         topics = {"/timing": (String, RELIABLE), **(extra_topics or {})}
         col = RawCollector(n.node, topics)
         p = RosProcess(args, log_path)
         try:
+            if paused:
+                wait_for(lambda: all(s.get_publisher_count() >= 1 for s in col.subs) or not p.alive(),
+                         what="readers matched")
+                resume = n.node.create_client(Trigger, "/player_node/resume")
+                assert resume.wait_for_service(timeout_sec=60), p.output()
+                call_service(resume, Trigger.Request(), "resume")
             wait_for(lambda: col.count("/timing") >= n_expected or not p.alive(), what="replayed timing messages")
             wait_for(lambda: not p.alive(), what="player exiting")
         finally:
@@ -200,12 +209,12 @@ def test_replay_follows_recorded_timing_and_publishes_clock(tmp_path):
 def test_replay_at_rate_2_halves_the_duration_via_cli(tmp_path):
     recorded_dt, stamps = _timing_bag(tmp_path / "timing", storage="mcap")
     vla_ros = str(Path(sys.prefix) / "lib" / "vla_ros" / "vla-ros")
-    _, col, _ = _play_and_time([vla_ros, "replay", str(tmp_path / "timing"), "--rate", "2.0",
-                                "--wait-for-subscribers", "1"], tmp_path / "player.log", len(stamps))
-    # Receive time against recorded time: the slope is 1 / rate. Estimated as the median of the
-    # slopes between every pair of messages (Theil-Sen), so one message delivered late (the first
-    # one after discovery took 0.25 s once on 2 loaded cores, which shortened the received span
-    # to 0.33 of the recorded one) cannot move it, while a player at another rate still fails.
+    _, col, _ = _play_and_time([vla_ros, "replay", str(tmp_path / "timing"), "--rate", "2.0", "--start-paused"],
+                               tmp_path / "player.log", len(stamps), paused=True)
+    # Receive time against recorded time: the slope is 1 / rate. Played only once the readers have
+    # matched (a reader still matching got the first four messages in one burst), and estimated as
+    # the median of the slopes between every pair of messages (Theil-Sen), so one message delivered
+    # late on loaded cores cannot move it, while a player at another rate still fails.
     received = np.array(col.times("/timing"))
     recorded = (np.array(stamps) - stamps[0]) / 1e9
     i, j = np.triu_indices(len(stamps), k=1)

@@ -28,6 +28,9 @@ def main(argv=None) -> int:
     rep.add_argument("--clock", action="store_true", help="publish /clock from the bag time")
     rep.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
                      help="wait until every topic has N subscribers before starting")
+    rep.add_argument("--start-paused", action="store_true",
+                     help="wait for a call of /player_node/resume (std_srvs/Trigger) before playing, "
+                          "like ros2 bag play --start-paused")
     bag = sub.add_parser("bag", help="inspect or repair a rosbag2 bag (no ROS needed)")
     bag_sub = bag.add_subparsers(dest="bag_command", required=True)
     bag_info = bag_sub.add_parser("info", help="what `ros2 bag info` prints: files, size, storage, distro, "
@@ -169,30 +172,20 @@ def _eval(args) -> int:
 
 
 def _record(args, ros_args) -> int:
-    from rclpy.parameter import Parameter
-
     from vla_ros.ros import recorder_node
-    params = [Parameter("topics", Parameter.Type.STRING_ARRAY, list(args.topics)),
-              Parameter("output_dir", Parameter.Type.STRING, args.output_dir),
-              Parameter("bag_name", Parameter.Type.STRING, args.bag_name),
-              Parameter("storage", Parameter.Type.STRING, args.storage),
-              Parameter("status_period", Parameter.Type.DOUBLE, args.status_period)]
-    return recorder_node.main(["vla-ros", *ros_args], parameter_overrides=params)
+    return recorder_node.main(["vla-ros", *ros_args], {
+        "topics": list(args.topics), "output_dir": args.output_dir, "bag_name": args.bag_name,
+        "storage": args.storage, "status_period": args.status_period})
 
 
 def _replay(args, ros_args) -> int:
-    from rclpy.parameter import Parameter
-
     from vla_ros.ros import player_node
-    params = [Parameter("bag", Parameter.Type.STRING, args.bag),
-              Parameter("rate", Parameter.Type.DOUBLE, args.rate),
-              Parameter("start_offset", Parameter.Type.DOUBLE, args.start_offset),
-              Parameter("loop", Parameter.Type.BOOL, args.loop),
-              Parameter("publish_clock", Parameter.Type.BOOL, args.clock),
-              Parameter("wait_for_subscribers", Parameter.Type.INTEGER, args.wait_for_subscribers)]
+    values = {"bag": args.bag, "rate": args.rate, "start_offset": args.start_offset, "loop": args.loop,
+              "publish_clock": args.clock, "wait_for_subscribers": args.wait_for_subscribers,
+              "start_paused": args.start_paused}
     if args.topics:
-        params.append(Parameter("topics", Parameter.Type.STRING_ARRAY, list(args.topics)))
-    return player_node.main(["vla-ros", *ros_args], parameter_overrides=params)
+        values["topics"] = list(args.topics)
+    return player_node.main(["vla-ros", *ros_args], values)
 
 
 def _info() -> int:

@@ -47,6 +47,15 @@ def descriptor(name: str, entry: tuple) -> ParameterDescriptor:
     return d
 
 
+def overrides(spec: Spec, given: dict[str, Any]) -> list[Parameter]:
+    """Parameters for a node's parameter_overrides from plain values, typed by the table (a caller
+    such as the vla-ros CLI needs no rclpy); a name the table lacks is a ParameterError."""
+    unknown = sorted(set(given) - set(spec))
+    if unknown:
+        raise ParameterError(f"unknown parameter(s) {unknown}; the node has {sorted(spec)}")
+    return [Parameter(name, spec[name][0], list(v) if isinstance(v, tuple) else v) for name, v in given.items()]
+
+
 def declare(node, spec: Spec) -> None:
     """Declare every parameter of the table on the node (--params-file and -p values override defaults)."""
     for name, entry in spec.items():

@@ -191,12 +191,12 @@ class PlayerNode(Node):
         self.reader.close()
 
 
-def main(args=None, parameter_overrides=None) -> int:
+def main(args=None, values: dict | None = None) -> int:
     """Play the bag; exit 0 at its end (or on SIGINT/SIGTERM), 2 when it cannot be played."""
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = StopSignal()
     try:
-        node = PlayerNode(stop.event, parameter_overrides=parameter_overrides or [])
+        node = PlayerNode(stop.event, parameter_overrides=params.overrides(SPEC, values or {}))
     except (ValueError, *PARAM_ERRORS) as exc:   # BagError is a ValueError
         print(f"[player_node] {exc}", file=sys.stderr)
         rclpy.try_shutdown()

@@ -246,12 +246,12 @@ class RecorderNode(Node):
                                + f"; write queue peak {self.bag.peak_bytes / 2**20:.1f} MiB")
 
 
-def main(args=None, parameter_overrides=None) -> int:
+def main(args=None, values: dict | None = None) -> int:
     """Record until SIGINT/SIGTERM, then close the bag and exit 0 (2: invalid parameters)."""
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = StopSignal()
     try:
-        node = RecorderNode(parameter_overrides=parameter_overrides or [])
+        node = RecorderNode(parameter_overrides=params.overrides(SPEC, values or {}))
     except (ValueError, BagError, *PARAM_ERRORS) as exc:
         print(f"[recorder_node] {exc}", file=sys.stderr)
         rclpy.try_shutdown()
