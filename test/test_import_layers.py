@@ -134,3 +134,16 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     src.write_text("from .b import c\n\ndef f():\n    from ..runtime import images\n    import rclpy\n")
     names = {n for _, n in imports_of("vla_ros.model.mod", src)}
     assert {"vla_ros.model.b", "vla_ros.runtime", "rclpy"} <= names
+
+
+def test_readme_layout_names_every_layer_and_top_level_folder():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):readme.index("## Benchmarks")]
+    entries = [p.name for p in PACKAGE.iterdir() if not p.name.startswith("_") and (p.suffix == ".py" or p.is_dir())]
+    missing = [f"vla_ros/{e}" for e in sorted(entries) if f"vla_ros/{e}" not in layout]
+    layers = {layer_of(m) for m in MODULES} - {"share", "interfaces"}
+    missing += [f"layer {n}" for n in sorted(layers) if f"vla_ros/{n}" not in layout]
+    tracked = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")} - {
+        "build", "install", "log", "data", "eval_closed_loop"}  # outputs, not sources
+    missing += [d for d in sorted(tracked) if f"{d}/" not in layout]
+    assert not missing, f"README's Layout section does not name {missing}"

@@ -350,7 +350,8 @@ def test_frozen_backbone_stored_inside_is_refused(bert_ckpt):
     (ckpt / "external_weights.json").unlink()
     save_file({k: v.contiguous().clone() for k, v in policy.state_dict().items()}, str(ckpt / "model.safetensors"))
     (ckpt / "pretrained" / "language").mkdir(parents=True)
-    policy.language.save_config(ckpt / "pretrained" / "language")
+    policy.language.backbone.config.save_pretrained(str(ckpt / "pretrained" / "language"))
+    policy.language.tokenizer.save_pretrained(str(ckpt / "pretrained" / "language"))
     with pytest.raises(CheckpointError, match=r"frozen language backbone weights are not referenced"):
         load_policy(ckpt)
 

@@ -190,7 +190,7 @@ def save_policy(policy: VLAPolicy, path: str | os.PathLike) -> Path:
         (path / EXTERNAL_FILE).unlink()
     for role, module in policy.pretrained_modules().items():
         d = path / PRETRAINED_DIR / role
-        if role in external:  # rebuilt from its source at load: no copy
+        if role in external:  # rebuilt from its source at load: no copy (a frozen language backbone always)
             continue
         d.mkdir(parents=True, exist_ok=True)
         module.save_config(d)

@@ -149,13 +149,6 @@ class PretrainedTextEncoder(nn.Module):
     def clear_cache(self) -> None:
         self._cache.clear()
 
-    def save_config(self, directory: Path) -> None:
-        """Write tokenizer + architecture (no weights). Checkpoints no longer use it (the
-        frozen backbone is rebuilt from its source, see checkpoint.py); older checkpoints
-        that stored the backbone weights carry this copy and still load from it."""
-        self.backbone.config.save_pretrained(str(directory))
-        self.tokenizer.save_pretrained(str(directory))
-
     @torch.no_grad()
     def _encode_uncached(self, texts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         device = next(self.backbone.parameters()).device
