@@ -44,7 +44,7 @@ def test_dry_run_set_live_stops_commands_and_clearing_it_resumes(robot, tmp_path
     chunks = []
     robot.node.create_subscription(ActionChunk, "policy_node/action_chunk", chunks.append, 10)
     with start_node(tmp_path, "output.mode:=forward_position") as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         instruct(robot, proc, "touch the red cube")
         wait_for(lambda: robot.counts()["fwd"] >= 10, what="commands", process=proc)
         assert set_param(robot, "dry_run", True).successful
@@ -67,7 +67,7 @@ def test_dry_run_set_live_stops_commands_and_clearing_it_resumes(robot, tmp_path
 
 def test_sigint_during_a_goal_answers_it_aborted_and_exits_cleanly(robot, tmp_path):
     with start_node(tmp_path, "output.mode:=forward_position") as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         client = ActionClient(robot.node, ExecuteInstruction, "policy_node/execute_instruction")
         assert client.wait_for_server(timeout_sec=60)
         handle = wait_future(client.send_goal_async(ExecuteInstruction.Goal(instruction="touch the red cube")))
@@ -88,7 +88,7 @@ def test_sigint_during_a_goal_answers_it_aborted_and_exits_cleanly(robot, tmp_pa
 
 def test_success_left_over_from_the_previous_task_does_not_end_a_new_goal(robot, tmp_path):
     with start_node(tmp_path, "output.mode:=forward_position") as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         client = ActionClient(robot.node, ExecuteInstruction, "policy_node/execute_instruction")
         assert client.wait_for_server(timeout_sec=60)
         wait_for(lambda: robot.success_pub.get_subscription_count() > 0, what="node subscribed", process=proc)
@@ -115,7 +115,7 @@ def test_status_is_holding_after_cancel_and_no_dry_queue_warning_between_instruc
     statuses = []
     robot.node.create_subscription(PolicyStatus, "policy_node/status", statuses.append, 10)
     with start_node(tmp_path, "output.mode:=forward_position", "status_rate:=20.0") as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         client = ActionClient(robot.node, ExecuteInstruction, "policy_node/execute_instruction")
         assert client.wait_for_server(timeout_sec=60)
         for text in ("touch the red cube", "push the blue cube left", "touch the green cube"):
@@ -142,7 +142,7 @@ def test_status_is_holding_after_cancel_and_no_dry_queue_warning_between_instruc
 
 def test_killed_policy_server_makes_the_arm_hold_and_is_restarted(robot, tmp_path):
     with start_node(tmp_path, "output.mode:=forward_position") as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         instruct(robot, proc, "touch the red cube")
         wait_for(lambda: robot.counts()["fwd"] >= 10, what="commands", process=proc)
         pid = int(proc.output().split("policy server pid ")[1].split(")")[0])
@@ -158,7 +158,7 @@ def test_the_control_loop_process_holds_no_torch_while_its_policy_server_does(ro
     """model.process: server keeps the model out of the node's interpreter entirely: torch is mapped
     into the policy server process only (importing it cost the node ~5 s of start-up and ~250 MB)."""
     with start_node(tmp_path, "output.mode:=forward_position") as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         instruct(robot, proc, "touch the red cube")
         wait_for(lambda: robot.counts()["fwd"] >= 5, what="commands", process=proc)
         server = int(proc.output().split("policy server pid ")[1].split(")")[0])

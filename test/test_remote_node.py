@@ -83,7 +83,7 @@ def remote_node(tmp_path, uri, *overrides, mapping=MAPPING, name="policy_node"):
 def test_node_drives_the_arm_from_an_openpi_style_server_through_the_mapping(robot, tmp_path, servers):
     server = servers(tmp_path)
     with remote_node(tmp_path, server.uri) as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         assert f"remote {server.uri}" in proc.output()
         instruct(robot, proc, "touch the red cube")
         wait_for(lambda: robot.counts()["fwd"] >= 20, what="20 forward_position commands", process=proc)
@@ -142,7 +142,7 @@ def test_metadata_that_does_not_fit_the_robot_is_refused_at_configure_naming_eac
 def test_connection_lost_mid_goal_holds_the_arm_then_reconnects_and_resumes(robot, tmp_path, servers):
     server = servers(tmp_path)
     with remote_node(tmp_path, server.uri) as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         instruct(robot, proc, "touch the red cube")
         wait_for(lambda: robot.counts()["fwd"] >= 10, what="commands before the fault", process=proc)
         server.stop(signal.SIGKILL)
@@ -169,7 +169,7 @@ def test_non_finite_or_short_chunks_are_refused_with_one_line_and_the_arm_holds(
                                                                                  line):
     server = servers(tmp_path, mode=mode, horizon=8)  # "short": 7 rows where the mapping uses 8
     with remote_node(tmp_path, server.uri) as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         instruct(robot, proc, "touch the red cube")
         wait_for(lambda: len(server.seen()) >= 5, what="several requests answered", process=proc)
         out = proc.output()
@@ -181,7 +181,7 @@ def test_a_server_slower_than_the_chunk_lasts_makes_the_arm_hold_and_is_reported
     # 8 actions at 30 Hz last 0.27 s; the server takes 0.4 s per answer (under the 0.5 s inference timeout)
     server = servers(tmp_path, mode="slow", delay=0.4)
     with remote_node(tmp_path, server.uri) as proc:
-        wait_active(proc)
+        wait_active(robot, proc)
         instruct(robot, proc, "touch the red cube")
         wait_for(lambda: "longer than a chunk lasts (8 x 33 ms = 267 ms): the arm will hold between chunks"
                  in proc.output(), what="the slow-server warning", process=proc)
