@@ -7,7 +7,9 @@ import pytest
 
 from vla_ros.sim.expert import ScriptedExpert
 from vla_ros.sim.panda import ARM_MAX_VELOCITY, CameraSpec, PandaSim
-from vla_ros.sim.tasks import DIRECTIONS, FAMILIES, HELDOUT_TEMPLATES, TRAIN_TEMPLATES, sample_scene
+from vla_ros.sim.tasks import (COLORS, DIRECTION_WORDS, DIRECTIONS, FAMILIES, HELDOUT_TEMPLATES, NEWWORDS_DIRECTION_WORDS,
+                                NEWWORDS_NOUNS, NEWWORDS_TEMPLATES, NOUNS, SHAPES, SHARED_FUNCTION_WORDS, TRAIN_TEMPLATES,
+                                SceneObject, sample_scene, sample_task)
 
 PERIOD = 0.1
 
@@ -89,6 +91,68 @@ def test_heldout_phrasings_never_occur_in_training_phrasings():
         assert len(TRAIN_TEMPLATES[family]) >= 15, family  # tens of phrasings, not a handful
         for t in HELDOUT_TEMPLATES[family]:
             assert skeleton(t) not in train, t
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", text).lower()))
+
+
+def test_newwords_phrasings_share_no_verb_noun_or_direction_word_with_training():
+    """Collection samples "train" only (collect.py resets with the default phrasing); the
+    new-words set may share only function words and colour names with anything training
+    says, in any family (stricter than per family)."""
+    training = set()
+    for text in [t for ts in TRAIN_TEMPLATES.values() for t in ts] + \
+            [n for ns in NOUNS.values() for n in ns] + [w for ws in DIRECTION_WORDS.values() for w in ws]:
+        training |= _words(text)
+    allowed = SHARED_FUNCTION_WORDS | set(COLORS)
+    assert "cube" in training and "left" in training and "push" in training  # the words being avoided
+    for family in FAMILIES:
+        new = set()
+        for text in NEWWORDS_TEMPLATES[family]:
+            new |= _words(text)
+        new |= {w for ns in NEWWORDS_NOUNS.values() for n in ns for w in _words(n)}
+        if family == "push":
+            new |= {w for ws in NEWWORDS_DIRECTION_WORDS.values() for d in ws for w in _words(d)}
+        assert not (new - allowed) & training, (family, sorted((new - allowed) & training))
+        assert len(NEWWORDS_TEMPLATES[family]) >= 10, family
+        assert any(t != t.lower() for t in NEWWORDS_TEMPLATES[family]), family  # other capitalisation
+
+
+def test_newwords_phrasings_render_for_every_colour_shape_and_direction():
+    for family in FAMILIES:
+        for color in COLORS:
+            for shape in SHAPES:
+                objects = [SceneObject(color, shape, 0.5, 0.0, 0.0)]
+                for direction in (sorted(DIRECTIONS) if family == "push" else [None]):
+                    for seed in range(40):  # enough draws to hit every template
+                        task = sample_task(np.random.default_rng(seed), objects, family, "newwords", 0, direction)
+                        text = task.instruction.lower()
+                        assert color in text and "{" not in text, task
+                        assert any(n in text for n in NEWWORDS_NOUNS[shape]), task
+                        if direction:
+                            assert any(w in text for w in NEWWORDS_DIRECTION_WORDS[direction]), task
+        rendered = {sample_task(np.random.default_rng(s), [SceneObject("red", "cube", 0.5, 0.0, 0.0)], family,
+                                "newwords").instruction for s in range(300)}
+        assert len(rendered) > len(NEWWORDS_TEMPLATES[family]), family
+
+
+def test_task_target_and_direction_can_be_chosen_and_variants_share_the_wording():
+    objects = sample_scene(np.random.default_rng(7), 3)
+    base = sample_task(np.random.default_rng(7), objects, "touch")
+    for target in range(3):
+        task = sample_task(np.random.default_rng(7), objects, "touch", target=target)
+        assert task.target == target and objects[target].color in task.instruction
+        assert task.instruction.replace(objects[target].color, "#").split("#")[0] == \
+            base.instruction.replace(objects[base.target].color, "#").split("#")[0]
+    for phrasing in ("train", "newwords"):
+        pushes = [sample_task(np.random.default_rng(7), objects, "push", phrasing, direction=d) for d in DIRECTIONS]
+        assert [t.direction for t in pushes] == list(DIRECTIONS)
+        assert len({t.target for t in pushes}) == 1 and len({t.instruction for t in pushes}) == 3
+    with pytest.raises(ValueError, match="target 3"):
+        sample_task(np.random.default_rng(7), objects, "touch", target=3)
+    with pytest.raises(ValueError, match="direction"):
+        sample_task(np.random.default_rng(7), objects, "touch", direction="left")
 
 
 def test_sampled_instructions_name_the_target_colour_and_direction(sim):

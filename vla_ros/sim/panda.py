@@ -118,8 +118,9 @@ class PandaSim:
 
     # ------------------------------------------------------------------ scene
     def reset(self, seed: int, family: str | None = None, phrasing: str = "train", task: Task | None = None,
-              home_jitter: float = 0.03) -> Task:
-        """A new scene and task from ``seed``: objects, a slightly jittered home pose, the task."""
+              home_jitter: float = 0.03, target: int | None = None, direction: str | None = None) -> Task:
+        """A new scene and task from ``seed``: objects, a slightly jittered home pose, the task
+        (its target object and push direction chosen by ``target`` / ``direction`` when given)."""
         rng = np.random.default_rng(seed)
         for body in self._bodies:
             self.p.removeBody(body)
@@ -136,7 +137,7 @@ class PandaSim:
             q = self._ik(home, DOWN, REST_POSE)
         self._set_arm(q, 0.0)
         self._reset_controllers(q)
-        self.task = task if task is not None else sample_task(rng, self.objects, family, phrasing)
+        self.task = task if task is not None else sample_task(rng, self.objects, family, phrasing, target, direction)
         # Let the objects settle on the table before anything is measured (the motors
         # already hold the new home pose, not the previous episode's targets).
         self._apply_motors()

@@ -12,6 +12,12 @@ Each family has many phrasings. ``TRAIN_TEMPLATES`` are what data collection use
 ``HELDOUT_TEMPLATES`` appear nowhere in training, to measure how far the language
 encoder generalises (the issue's prototype saw touch drop from 96% to 70% on unseen
 phrasings with only a handful of training phrasings, hence tens of them here).
+``NEWWORDS_TEMPLATES`` go further: their verbs, object nouns (``NEWWORDS_NOUNS``),
+direction words (``NEWWORDS_DIRECTION_WORDS``) and sentence shapes occur nowhere in
+training, and a few carry filler words, typos or other capitalisation. Only function
+words (``SHARED_FUNCTION_WORDS``) and the colour names are shared with training: the
+colour is what tells the objects apart, and keeping its word fixed means a failure on
+this set is about the verb, the noun or the direction, not about which object was meant.
 
 No pybullet here: tasks are plain data, success predicates live in panda.py.
 """
@@ -22,7 +28,7 @@ import dataclasses
 import numpy as np
 
 FAMILIES = ("touch", "push", "pick")
-PHRASINGS = ("train", "heldout")
+PHRASINGS = ("train", "heldout", "newwords")
 
 # Linear RGB in [0, 1], far apart in hue so a 96 px camera tells them apart.
 COLORS = {
@@ -87,6 +93,44 @@ HELDOUT_TEMPLATES = {
     ),
 }
 
+# The "newwords" set: none of its words occur in TRAIN_TEMPLATES, NOUNS or DIRECTION_WORDS
+# except SHARED_FUNCTION_WORDS and the colour names (checked by a test). Left and right have
+# few English synonyms, so they are named as a pilot would (port / starboard, nine / three
+# o'clock). {Obj}/{OBJ} and {Dir}/{DIR} are the title-cased and upper-cased forms. Every
+# word list has as many entries per object shape and per direction, so variants of one seed
+# (sample_task's target / direction) consume the same random draws.
+SHARED_FUNCTION_WORDS = frozenset(("a", "an", "and", "by", "for", "from", "in", "it", "of", "on", "onto", "over",
+                                   "that", "the", "this", "to", "with", "you", "your", "i"))
+NEWWORDS_NOUNS = {"cube": ("brick", "cuboid", "object", "one"), "cylinder": ("tube", "canister", "object", "one")}
+NEWWORDS_DIRECTION_WORDS = {
+    "left": ("to port", "toward nine o'clock", "portward"),
+    "right": ("to starboard", "toward three o'clock", "starboardward"),
+    "forward": ("ahead", "toward the camera", "outward"),
+}
+NEWWORDS_TEMPLATES = {
+    "touch": (
+        "pat the {obj}", "dab the {obj}", "boop the {obj}", "graze the {obj} with your fingertips",
+        "rest your fingertips on the {obj}", "the {obj} -- feel it", "{Obj}: pat it", "time to dab the {obj}",
+        "see the {obj}? boop it", "would you kindly brush against the {obj}", "um, just pat the, uh, {obj}",
+        "tuoch teh {obj}", "PAT THE {OBJ}", "Dab The {Obj}",
+    ),
+    "push": (
+        "budge the {obj} {dir}", "scoot the {obj} {dir}", "shunt the {obj} {dir}", "propel the {obj} {dir}",
+        "jostle the {obj} {dir}", "{dir}, budge the {obj}", "the {obj} needs relocating {dir}",
+        "what i need: the {obj} shunted {dir}", "see the {obj}? scoot it {dir}",
+        "okay so, uh, scoot the {obj} {dir}", "psuh teh {obj} {dir}", "BUDGE THE {OBJ} {DIR}",
+        "Scoot The {Obj} {Dir}",
+    ),
+    "pick": (
+        "hoist the {obj}", "pluck the {obj}", "snatch the {obj}", "seize the {obj}", "elevate the {obj}",
+        "the {obj}: hoist it", "i need the {obj} in the air", "see the {obj}? snatch it",
+        "um, pluck the, uh, {obj}", "sieze teh {obj}", "HOIST THE {OBJ}", "Pluck The {Obj}",
+    ),
+}
+TEMPLATES = {"train": TRAIN_TEMPLATES, "heldout": HELDOUT_TEMPLATES, "newwords": NEWWORDS_TEMPLATES}
+WORDS = {"train": (NOUNS, DIRECTION_WORDS), "heldout": (NOUNS, DIRECTION_WORDS),
+         "newwords": (NEWWORDS_NOUNS, NEWWORDS_DIRECTION_WORDS)}
+
 
 @dataclasses.dataclass
 class SceneObject:
@@ -133,25 +177,40 @@ def sample_scene(rng: np.random.Generator, count: int = 3, x_range=(0.40, 0.62),
     return objects
 
 
-def describe(obj: SceneObject, rng: np.random.Generator) -> str:
-    return f"{obj.color} {rng.choice(NOUNS[obj.shape])}"
+def describe(obj: SceneObject, rng: np.random.Generator, nouns=NOUNS) -> str:
+    return f"{obj.color} {rng.choice(nouns[obj.shape])}"
 
 
 def sample_task(rng: np.random.Generator, objects: list[SceneObject], family: str | None = None,
-                phrasing: str = "train") -> Task:
-    """A random task on ``objects`` (family random when None), phrased from the chosen set."""
+                phrasing: str = "train", target: int | None = None, direction: str | None = None) -> Task:
+    """A random task on ``objects`` (family random when None), phrased from the chosen set.
+
+    ``target`` (an object index) and ``direction`` (push only) replace the sampled ones; the
+    random draws stay the same, so variants of one seed share their template and wording
+    and differ only in the object's colour or the direction (the listening probe).
+    """
     if family is None:
         family = str(rng.choice(["touch", "push"]))
     if family not in FAMILIES:
         raise ValueError(f"unknown task family {family!r}; expected one of {FAMILIES}")
     if phrasing not in PHRASINGS:
         raise ValueError(f"unknown phrasing set {phrasing!r}; expected one of {PHRASINGS}")
-    templates = (TRAIN_TEMPLATES if phrasing == "train" else HELDOUT_TEMPLATES)[family]
-    target = int(rng.integers(len(objects)))
-    direction = ""
-    fields = {"obj": describe(objects[target], rng)}
+    if target is not None and not 0 <= target < len(objects):
+        raise ValueError(f"target {target} is not an object index (0..{len(objects) - 1})")
+    if direction and (family != "push" or direction not in DIRECTIONS):
+        raise ValueError(f"direction {direction!r} needs family push and one of {sorted(DIRECTIONS)}")
+    nouns, direction_words = WORDS[phrasing]
+    templates = TEMPLATES[phrasing][family]
+    drawn = int(rng.integers(len(objects)))
+    target = drawn if target is None else int(target)
+    fields = {"obj": describe(objects[target], rng, nouns)}
     if family == "push":
-        direction = str(rng.choice(sorted(DIRECTIONS)))
-        fields["dir"] = str(rng.choice(DIRECTION_WORDS[direction]))
+        drawn_dir = str(rng.choice(sorted(DIRECTIONS)))
+        direction = direction or drawn_dir
+        fields["dir"] = str(rng.choice(direction_words[direction]))
+    else:
+        direction = ""
+    for key in list(fields):
+        fields[key.capitalize()], fields[key.upper()] = fields[key].title(), fields[key].upper()
     template = str(rng.choice(templates))
     return Task(family, target, template.format(**fields), direction)
