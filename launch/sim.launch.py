@@ -34,7 +34,7 @@ ARGUMENTS = [
     ("real_time_factor", "1.0", "Simulation speed over wall-clock time; 0: as fast as possible."),
     ("seed", "0", "Seed of the first episode (scene and task)."),
     ("family", "", "Task family of the first episode: touch, push or pick; empty: random touch or push."),
-    ("phrasing", "train", "Instruction phrasings: train or heldout."),
+    ("phrasing", "train", "Instruction phrasings: train, heldout or newwords."),
     ("publish_instruction", "true", "Publish each episode's instruction on `instruction` (the policy starts at once)."),
     ("dry_run", "false", "Policy node publishes action chunks only; commands nothing."),
     ("record", "false", "Also start the recorder (record.launch.py's node) on the simulation's topics."),

@@ -3,9 +3,12 @@
 Starts sim_robot_node (PyBullet) and policy_node (checkpoints/sim_demo) in their own
 processes, as `ros2 launch vla_ros sim.launch.py` does, gives the policy one instruction
 per seeded episode on scenes it never saw in training, and prints the success rate per
-task family (vla-ros eval underneath):
+task family for each phrasing set: seen (the training phrasings), held-out (new sentence
+frames) and new words (verbs, nouns, direction words absent from training), the same
+scenes for each (vla-ros eval underneath, one graph for all three):
 
-    python scripts/demo.py [--episodes 10] [--families touch push] [--json out.json]
+    python scripts/demo.py [--episodes 10] [--families touch push] [--phrasing train heldout newwords]
+                           [--json out.json]
 
 `--smoke` instead starts only policy_node (joint-space sim config, tiny untrained model,
 dry run), feeds it synthetic frames from this process and prints what it publishes.
@@ -99,27 +102,48 @@ def smoke(args) -> int:
     return 0
 
 
+PHRASING_TITLES = {"train": "seen", "heldout": "held-out", "newwords": "new words"}
+
+
 def sim_demo(args) -> int:
-    from vla_ros.cli import main as vla_ros_cli
+    from vla_ros.evaluation.closed_loop import format_table
+    from vla_ros.ros.closed_loop import evaluate_phrasings
 
     checkpoint = ROOT / "checkpoints" / "sim_demo"
     print(f"[demo] simulated Panda + policy node ({checkpoint.relative_to(ROOT)}): {args.episodes} episodes per "
-          f"task family {args.families}, unseen scenes (seeds from {args.seed})", flush=True)
+          f"task family {args.families} and phrasing set {args.phrasing}, unseen scenes (seeds from {args.seed})",
+          flush=True)
     if args.server:
         print(f"[demo] the policy node is the client of the policy server at {args.server}", flush=True)
-    return vla_ros_cli(["eval", "--checkpoint", str(checkpoint), "--episodes", str(args.episodes),
-                        *(["--server", args.server] if args.server else []),
-                        "--families", *args.families, "--seed", str(args.seed), "--phrasing", args.phrasing,
-                        "--out", args.out, *(["--json", args.json] if args.json else [])])
+    reports = evaluate_phrasings(str(checkpoint), tuple(args.phrasing), tuple(args.families), args.episodes,
+                                 args.seed, out_dir=args.out, server=args.server,
+                                 log=lambda line: print(line, flush=True))
+    for report in reports.values():
+        print()
+        print(format_table(report))
+    print()
+    print("| task | " + " | ".join(PHRASING_TITLES[p] for p in reports) + " |")
+    print("|---|" + "---|" * len(reports))
+    for family in args.families:
+        cells = []
+        for report in reports.values():
+            s = report["summary"][family]
+            cells.append(f"{s['successes']}/{s['episodes']} ({100 * s['success_rate']:.0f}%)")
+        print(f"| {family} | " + " | ".join(cells) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"phrasings": reports}, indent=1) + "\n")
+        print(f"report written to {args.json}")
+    return 0
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="policy node smoke run instead (synthetic inputs)")
     p.add_argument("--seconds", type=float, default=10.0, help="--smoke: seconds to run")
-    p.add_argument("--episodes", type=int, default=10, help="episodes per task family (default 10)")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per task family and phrasing set (default 10)")
     p.add_argument("--families", nargs="+", default=["touch", "push"], help="task families (default touch push)")
-    p.add_argument("--phrasing", choices=("train", "heldout"), default="train", help="instruction phrasings")
+    p.add_argument("--phrasing", nargs="+", choices=tuple(PHRASING_TITLES), default=list(PHRASING_TITLES),
+                   help="instruction phrasing sets, each on the same scenes (default: train heldout newwords)")
     p.add_argument("--seed", type=int, default=100_000, help="first episode seed (training used 1000..1599)")
     p.add_argument("--out", default=str(ROOT / "build" / "demo"), help="directory for logs and report.json")
     p.add_argument("--json", help="write the report (or the smoke summary) to this file")

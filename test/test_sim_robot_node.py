@@ -30,7 +30,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from ros_testing import (RawCollector, RosProcess, call_service, executable, ros_process, spinning_node, wait_for,
                          wait_future)
 from vla_ros.data.bags import BagReader, read_bag
-from vla_ros.sim.tasks import HELDOUT_TEMPLATES, TRAIN_TEMPLATES
+from vla_ros.sim.tasks import HELDOUT_TEMPLATES, NEWWORDS_TEMPLATES, TRAIN_TEMPLATES
 from vla_ros.srv import ResetEpisode
 
 ARM = [f"panda_joint{i}" for i in range(1, 8)]
@@ -126,11 +126,11 @@ class SimWatcher:
         wait_for(lambda: self.now() >= start + seconds, what=what, process=proc)
         return self.now()
 
-    def reset(self, proc, seed=SEED, family="", phrasing=""):
+    def reset(self, proc, seed=SEED, family="", phrasing="", target=-1, direction=""):
         """Call ~/reset_episode; once it succeeded, wait until fresh joint states and poses arrived."""
         assert self.reset_client.wait_for_service(timeout_sec=60)
-        response = call_service(self.reset_client, ResetEpisode.Request(seed=seed, family=family, phrasing=phrasing),
-                                "reset_episode response")
+        request = ResetEpisode.Request(seed=seed, family=family, phrasing=phrasing, target=target, direction=direction)
+        response = call_service(self.reset_client, request, "reset_episode response")
         if response.success:
             # The arm is at home at once; wait for states stamped well after the reset.
             t = self.now() + 0.2
@@ -230,7 +230,7 @@ def test_publishes_clock_joint_states_camera_pose_and_success_in_sim_time(sim, w
 # ---------------------------------------------------------------------------- episodes
 def _template_match(instruction: str, templates) -> bool:
     for template in templates:
-        pattern = re.escape(template).replace(re.escape("{obj}"), ".+").replace(re.escape("{dir}"), ".+")
+        pattern = re.sub(r"\\\{\w+\\\}", ".+", re.escape(template))  # {obj}, {Dir}, {OBJ}...
         if re.fullmatch(pattern, instruction):
             return True
     return False
@@ -260,6 +260,17 @@ def test_reset_episode_is_seeded_and_honours_family_and_phrasing(sim, watcher):
     assert not bad.success and "juggle" in bad.message and not bad.instruction
     bad_phrasing = w.reset(sim, seed=5, phrasing="shakespeare")
     assert not bad_phrasing.success and "shakespeare" in bad_phrasing.message
+    # The listening probe's variants: the same scene with the target object or the direction chosen.
+    assert ResetEpisode.Request().target == -1 and ResetEpisode.Request().direction == ""
+    named = [w.reset(sim, seed=5, family="touch", target=t) for t in range(3)]
+    assert [r.target for r in named] == [0, 1, 2] and len({r.instruction for r in named}) == 3
+    assert touch_a.target in (0, 1, 2) and named[touch_a.target].instruction == touch_a.instruction
+    pushed = [w.reset(sim, seed=5, family="push", phrasing="newwords", direction=d) for d in ("left", "right")]
+    assert [r.direction for r in pushed] == ["left", "right"] and pushed[0].target == pushed[1].target
+    assert _template_match(pushed[0].instruction, NEWWORDS_TEMPLATES["push"]), pushed[0].instruction
+    for bad_request in (dict(target=3), dict(family="touch", direction="left"), dict(family="push", direction="up")):
+        refused = w.reset(sim, seed=5, **bad_request)
+        assert not refused.success and ("'target'" in refused.message or "'direction'" in refused.message), refused
     # Still running and serving.
     w.wait_sim(0.2, sim, "the clock advancing after refused resets")
     assert sim.alive()

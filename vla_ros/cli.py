@@ -44,10 +44,15 @@ def main(argv=None) -> int:
     ev = sub.add_parser("eval", help="closed-loop evaluation: sim_robot_node + policy_node in their own "
                         "processes, success rate per task over seeded episodes")
     ev.add_argument("--checkpoint", required=True, help="policy checkpoint directory")
-    ev.add_argument("--episodes", type=int, default=50, help="episodes per task family (default 50)")
+    ev.add_argument("--episodes", type=int, default=50,
+                    help="episodes per task family, with --probe scenes per family (default 50)")
     ev.add_argument("--families", nargs="+", default=["touch", "push"], help="task families (default touch push)")
-    ev.add_argument("--phrasing", choices=("train", "heldout"), default="train",
-                    help="instruction phrasings: those of training, or held-out ones (default train)")
+    ev.add_argument("--phrasing", choices=("train", "heldout", "newwords"), default="train",
+                    help="instruction phrasings: those of training, held-out sentence frames, or new-words "
+                         "(verbs, nouns, direction words and sentence shapes absent from training) (default train)")
+    ev.add_argument("--probe", action="store_true",
+                    help="listening probe: every scene once per object named (touch, pick) or per push direction; "
+                         "a scene counts when all its variants succeed (probe.json in --out)")
     ev.add_argument("--seed", type=int, default=100_000,
                     help="episode i uses scene seed SEED + i (default 100000; collection uses 1000 + i)")
     ev.add_argument("--timeout", type=float, default=12.0, help="simulated seconds per episode (default 12)")
@@ -156,15 +161,16 @@ def _eval(args) -> int:
     import json
     from pathlib import Path
 
-    from vla_ros.evaluation.closed_loop import format_table
-    from vla_ros.ros.closed_loop import evaluate
-    report = evaluate(args.checkpoint, families=tuple(args.families), episodes=args.episodes, seed=args.seed,
-                      phrasing=args.phrasing, timeout=args.timeout, real_time_factor=args.real_time_factor,
-                      params_file=args.params_file, out_dir=args.out, contact_sheets=args.contact_sheets,
-                      server=args.server, server_mapping=args.server_mapping,
-                      log=lambda line: print(line, flush=True))  # progress shows at once through pipes too
+    from vla_ros.evaluation.closed_loop import format_probe_table, format_table
+    from vla_ros.ros.closed_loop import evaluate, probe
+    run, count = (probe, "scenes") if args.probe else (evaluate, "episodes")
+    report = run(args.checkpoint, families=tuple(args.families), seed=args.seed, phrasing=args.phrasing,
+                 timeout=args.timeout, real_time_factor=args.real_time_factor, params_file=args.params_file,
+                 out_dir=args.out, contact_sheets=args.contact_sheets, server=args.server,
+                 server_mapping=args.server_mapping, **{count: args.episodes},
+                 log=lambda line: print(line, flush=True))  # progress shows at once through pipes too
     print()
-    print(format_table(report))
+    print((format_probe_table if args.probe else format_table)(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
         print(f"report written to {args.json}")

@@ -1,11 +1,17 @@
 """Closed-loop evaluation without ROS: the episode plan, per-episode records, the summary per
-task family, report.json and the table; contact sheets of an episode's frames.
+task family, report.json and the table; contact sheets of an episode's frames; the listening
+probe's plan, per-scene scoring, probe.json and its table.
 
 The rclpy driver that runs the episodes through the ROS graph is
 :mod:`vla_ros.ros.closed_loop` (`vla-ros eval`).
 
 Episode seeds are ``seed + i``; data collection uses other seeds (1000 + i by default
 with far fewer episodes than the evaluation offset), so evaluation scenes are unseen.
+
+The listening probe runs every scene several times with one thing changed: touch and pick
+name each object in turn, push asks for each direction in turn (same object). A scene
+counts only when all its variants succeed, so a policy that goes for the likely object or
+the usual direction whatever it is told cannot score.
 """
 from __future__ import annotations
 
@@ -16,11 +22,16 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from vla_ros.share import share_dirs
+from vla_ros.sim.tasks import DIRECTIONS
 
 DEFAULT_FAMILIES = ("touch", "push")
 DEFAULT_SEED = 100_000
 DEFAULT_OUT_DIR = "eval_closed_loop"
 REPORT_FILE = "report.json"
+PROBE_FILE = "probe.json"
+# What the probe changes per family: the object the instruction names, or the push direction.
+PROBE_VARIES = {"touch": "target", "pick": "target", "push": "direction"}
+DEFAULT_OBJECTS = 3  # sim_robot_node's 'objects' default, which the evaluation graph runs with
 
 
 def default_params_file() -> Path:
@@ -79,6 +90,86 @@ def format_table(report: dict) -> str:
         rate = f"{100 * s['success_rate']:.0f}%" if s["success_rate"] is not None else "-"
         lines.append(f"| {family} | {s['episodes']} | {s['successes']} | {rate} |")
     lines.append("")
+    lines.append(f"wall time {report['wall_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def probe_plan(families: Sequence[str], scenes: int, seed: int,
+               objects: int = DEFAULT_OBJECTS) -> Iterator[tuple[str, int, int, str]]:
+    """(family, scene seed, target, direction) of every probe episode, scene by scene: touch and
+    pick name object 0 .. objects-1 in turn (direction ""), push goes in each direction in turn
+    (target -1: the object the seed picks)."""
+    for family in families:
+        if family not in PROBE_VARIES:
+            raise ValueError(f"no listening probe for family {family!r}; expected one of {sorted(PROBE_VARIES)}")
+        for i in range(scenes):
+            if PROBE_VARIES[family] == "target":
+                for target in range(objects):
+                    yield family, seed + i, target, ""
+            else:
+                for direction in sorted(DIRECTIONS):
+                    yield family, seed + i, -1, direction
+
+
+def probe_variant(record: dict) -> str:
+    """The name of what a probe episode changed: "object <index>" or the push direction."""
+    if PROBE_VARIES[record["family"]] == "target":
+        return f"object {record['target']}"
+    return record["direction"]
+
+
+def summarize_probe(results: list[dict], families: Sequence[str]) -> dict:
+    """Per family: scenes, scenes whose every variant succeeded (per-scene rate), variant
+    episodes and successes (per-variant rate), and the rate per variant name."""
+    summary = {}
+    for family in families:
+        eps = [e for e in results if e["family"] == family]
+        scenes: dict[int, list[bool]] = {}
+        by_variant: dict[str, list[bool]] = {}
+        for e in eps:
+            scenes.setdefault(e["seed"], []).append(e["success"])
+            by_variant.setdefault(probe_variant(e), []).append(e["success"])
+        all_ok = sum(all(v) for v in scenes.values())
+        ok = sum(e["success"] for e in eps)
+        summary[family] = {
+            "varies": PROBE_VARIES[family], "scenes": len(scenes), "scenes_all_succeeded": all_ok,
+            "per_scene_rate": round(all_ok / len(scenes), 4) if scenes else None,
+            "variants": len(eps), "variant_successes": ok,
+            "per_variant_rate": round(ok / len(eps), 4) if eps else None,
+            "by_variant": {k: {"episodes": len(v), "successes": sum(v), "success_rate": round(sum(v) / len(v), 4)}
+                           for k, v in sorted(by_variant.items())}}
+    return summary
+
+
+def write_probe_report(out: Path, results: list[dict], families: Sequence[str], *, checkpoint: str, server: str,
+                       phrasing: str, seed: int, scenes: int, timeout: float, real_time_factor: float,
+                       params_file: str, wall_seconds: float) -> dict:
+    """Build the probe report (settings, summary, episodes), write it to out/probe.json, return it."""
+    report = {"probe": True, "checkpoint": str(checkpoint), "server": server or None, "phrasing": phrasing,
+              "seed": seed, "scenes_per_family": scenes, "timeout_sim_seconds": timeout,
+              "real_time_factor": real_time_factor, "params_file": params_file,
+              "wall_seconds": round(wall_seconds, 1), "summary": summarize_probe(results, families),
+              "episodes": results}
+    (out / PROBE_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def format_probe_table(report: dict) -> str:
+    def pct(x):
+        return f"{100 * x:.0f}%" if x is not None else "-"
+
+    lines = [f"listening probe: {report['checkpoint']} ({report['phrasing']} phrasings, seeds from "
+             f"{report['seed']}; a scene counts when every variant succeeds)", "",
+             "| task  | varies | scenes | all variants ok | per-scene rate | variants ok | per-variant rate |",
+             "|---|---|---|---|---|---|---|"]
+    for family, s in report["summary"].items():
+        lines.append(f"| {family} | {s['varies']} | {s['scenes']} | {s['scenes_all_succeeded']} | "
+                     f"{pct(s['per_scene_rate'])} | {s['variant_successes']}/{s['variants']} | "
+                     f"{pct(s['per_variant_rate'])} |")
+    lines.append("")
+    for family, s in report["summary"].items():
+        parts = [f"{k} {v['successes']}/{v['episodes']}" for k, v in s["by_variant"].items()]
+        lines.append(f"{family} per variant: {', '.join(parts)}")
     lines.append(f"wall time {report['wall_seconds']:.0f} s")
     return "\n".join(lines)
 

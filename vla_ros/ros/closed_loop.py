@@ -3,8 +3,8 @@
 Both nodes run as their own processes (as `ros2 launch vla_ros sim.launch.py` starts
 them); this process only drives episodes, like a user would:
 
-  1. ``/sim_robot_node/reset_episode`` (seed, family, phrasing) -> a new scene and its
-     instruction;
+  1. ``/sim_robot_node/reset_episode`` (seed, family, phrasing; for the listening probe
+     also the target object or the push direction) -> a new scene and its instruction;
   2. wait until the simulator reports ``task_success`` false for the new episode;
   3. send the instruction as an ExecuteInstruction goal to
      ``/policy_node/execute_instruction`` with a timeout in simulated seconds;
@@ -16,6 +16,7 @@ The episode plan, the records, the summary and report.json come from
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -35,7 +36,8 @@ from std_msgs.msg import Bool
 
 from vla_ros.action import ExecuteInstruction
 from vla_ros.evaluation.closed_loop import (DEFAULT_FAMILIES, DEFAULT_OUT_DIR, DEFAULT_SEED, contact_sheet,
-                                           default_params_file, episode_plan, episode_record, write_report)
+                                           default_params_file, episode_plan, episode_record, probe_plan,
+                                           probe_variant, write_probe_report, write_report)
 from vla_ros.ros.conversions import image_to_rgb
 from vla_ros.srv import ResetEpisode
 
@@ -123,12 +125,11 @@ def _call_with_retries(call, what: str, graph: Graph, attempt_timeout: float = 1
 
 
 def _run_episode(driver: EpisodeDriver, graph: Graph, family: str, ep_seed: int, phrasing: str, timeout: float,
-                 real_time_factor: float, sheets_dir: Path | None) -> dict:
+                 real_time_factor: float, sheets_dir: Path | None, target: int = -1, direction: str = "") -> dict:
     """Reset the scene, send the instruction as a goal, wait for its outcome: the episode's record."""
     driver.success_seen.clear()
-    reply = _call_with_retries(
-        lambda: driver.reset_client.call_async(ResetEpisode.Request(seed=ep_seed, family=family, phrasing=phrasing)),
-        "reset_episode response", graph)
+    request = ResetEpisode.Request(seed=ep_seed, family=family, phrasing=phrasing, target=target, direction=direction)
+    reply = _call_with_retries(lambda: driver.reset_client.call_async(request), "reset_episode response", graph)
     if not reply.success:
         raise RuntimeError(f"reset_episode failed: {reply.message}")
     if not driver.success_seen.wait(timeout=30):
@@ -151,8 +152,10 @@ def _run_episode(driver: EpisodeDriver, graph: Graph, family: str, ep_seed: int,
     outcome = OUTCOMES.get(res.outcome, str(res.outcome))
     ep = episode_record(family, ep_seed, phrasing, reply.instruction, outcome, res.steps, res.elapsed,
                         time.monotonic() - t0)
+    ep["target"], ep["direction"] = int(reply.target), reply.direction
     if sheets_dir is not None and driver.frames:
-        sheet = sheets_dir / f"{family}_{ep_seed}.png"
+        variant = f"_{target}" if target >= 0 else f"_{direction}" if direction else ""
+        sheet = sheets_dir / f"{family}_{ep_seed}{variant}.png"
         sheet.parent.mkdir(exist_ok=True)
         contact_sheet(list(driver.frames), sheet)
         ep["contact_sheet"] = str(sheet)
@@ -160,14 +163,10 @@ def _run_episode(driver: EpisodeDriver, graph: Graph, family: str, ep_seed: int,
     return ep
 
 
-def evaluate(checkpoint: str, families=DEFAULT_FAMILIES, episodes: int = 50, seed: int = DEFAULT_SEED,
-             phrasing: str = "train", timeout: float = 12.0, real_time_factor: float = 1.0,
-             params_file: str | None = None, out_dir: str | None = None, contact_sheets: bool = False,
-             log=print, server: str = "", server_mapping: str = "vla_ros") -> dict:
-    """Run ``episodes`` closed-loop episodes per family; returns the report (also JSON in out_dir)."""
-    params_file = params_file or str(default_params_file())
-    out = Path(out_dir or DEFAULT_OUT_DIR)
-    out.mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def _session(checkpoint: str, params_file: str, real_time_factor: float, out: Path, server: str,
+             server_mapping: str, log):
+    """The graph up and an EpisodeDriver spinning, both ready; everything stopped on exit."""
     t_start = time.monotonic()
     remote = {"model.server": server, "model.server_mapping": server_mapping} if server else None
     graph = Graph(str(Path(checkpoint).resolve()), params_file, real_time_factor, out / "logs", remote)
@@ -177,7 +176,6 @@ def evaluate(checkpoint: str, families=DEFAULT_FAMILIES, episodes: int = 50, see
     executor.add_node(driver)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    results = []
     try:
         deadline = time.monotonic() + 180.0  # model loading and discovery on a busy machine
         while not (driver.reset_client.service_is_ready() and driver.goal_client.server_is_ready()):
@@ -188,17 +186,74 @@ def evaluate(checkpoint: str, families=DEFAULT_FAMILIES, episodes: int = 50, see
             time.sleep(0.05)
         log(f"graph up in {time.monotonic() - t_start:.1f} s: sim_robot_node + policy_node "
             f"({f'remote server {server}' if server else checkpoint})")
-        for family, ep_seed in episode_plan(families, episodes, seed):
-            ep = _run_episode(driver, graph, family, ep_seed, phrasing, timeout, real_time_factor,
-                              out / "contact_sheets" if contact_sheets else None)
-            results.append(ep)
-            log(f"  {family:5s} seed {ep_seed}: {'success' if ep['success'] else ep['outcome']:9s} "
-                f"{ep['sim_seconds']:5.1f} s  '{ep['instruction']}'")
+        yield driver, graph
     finally:
         executor.shutdown()
         driver.destroy_node()
         rclpy.try_shutdown()
         graph.stop()
-    return write_report(out, results, families, checkpoint=checkpoint, server=server, phrasing=phrasing, seed=seed,
-                        episodes=episodes, timeout=timeout, real_time_factor=real_time_factor,
-                        params_file=params_file, wall_seconds=time.monotonic() - t_start)
+
+
+def evaluate(checkpoint: str, families=DEFAULT_FAMILIES, episodes: int = 50, seed: int = DEFAULT_SEED,
+             phrasing: str = "train", timeout: float = 12.0, real_time_factor: float = 1.0,
+             params_file: str | None = None, out_dir: str | None = None, contact_sheets: bool = False,
+             log=print, server: str = "", server_mapping: str = "vla_ros") -> dict:
+    """Run ``episodes`` closed-loop episodes per family; returns the report (also JSON in out_dir)."""
+    return evaluate_phrasings(checkpoint, (phrasing,), families, episodes, seed, timeout, real_time_factor,
+                              params_file, out_dir, contact_sheets, log, server, server_mapping,
+                              subdirs=False)[phrasing]
+
+
+def evaluate_phrasings(checkpoint: str, phrasings=("train",), families=DEFAULT_FAMILIES, episodes: int = 50,
+                       seed: int = DEFAULT_SEED, timeout: float = 12.0, real_time_factor: float = 1.0,
+                       params_file: str | None = None, out_dir: str | None = None, contact_sheets: bool = False,
+                       log=print, server: str = "", server_mapping: str = "vla_ros",
+                       subdirs: bool = True) -> dict[str, dict]:
+    """:func:`evaluate` for each phrasing set in turn on one running graph (the same scenes
+    each time); the reports by phrasing, each in out_dir/<phrasing>/ (in out_dir itself
+    when ``subdirs`` is false)."""
+    params_file = params_file or str(default_params_file())
+    out = Path(out_dir or DEFAULT_OUT_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    reports = {}
+    with _session(checkpoint, params_file, real_time_factor, out, server, server_mapping, log) as (driver, graph):
+        for phrasing in phrasings:
+            set_out = out / phrasing if subdirs else out
+            set_out.mkdir(parents=True, exist_ok=True)
+            results = []
+            for family, ep_seed in episode_plan(families, episodes, seed):
+                ep = _run_episode(driver, graph, family, ep_seed, phrasing, timeout, real_time_factor,
+                                  set_out / "contact_sheets" if contact_sheets else None)
+                results.append(ep)
+                log(f"  {family:5s} seed {ep_seed}: {'success' if ep['success'] else ep['outcome']:9s} "
+                    f"{ep['sim_seconds']:5.1f} s  '{ep['instruction']}'")
+            reports[phrasing] = write_report(
+                set_out, results, families, checkpoint=checkpoint, server=server, phrasing=phrasing, seed=seed,
+                episodes=episodes, timeout=timeout, real_time_factor=real_time_factor, params_file=params_file,
+                wall_seconds=time.monotonic() - t_start)
+            t_start = time.monotonic()
+    return reports
+
+
+def probe(checkpoint: str, families=DEFAULT_FAMILIES, scenes: int = 50, seed: int = DEFAULT_SEED,
+          phrasing: str = "train", timeout: float = 12.0, real_time_factor: float = 1.0,
+          params_file: str | None = None, out_dir: str | None = None, contact_sheets: bool = False,
+          log=print, server: str = "", server_mapping: str = "vla_ros") -> dict:
+    """The listening probe: every scene once per object (touch, pick) or per direction (push);
+    returns the probe report (also probe.json in out_dir)."""
+    params_file = params_file or str(default_params_file())
+    out = Path(out_dir or DEFAULT_OUT_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    results = []
+    with _session(checkpoint, params_file, real_time_factor, out, server, server_mapping, log) as (driver, graph):
+        for family, ep_seed, target, direction in probe_plan(families, scenes, seed):
+            ep = _run_episode(driver, graph, family, ep_seed, phrasing, timeout, real_time_factor,
+                              out / "contact_sheets" if contact_sheets else None, target, direction)
+            results.append(ep)
+            log(f"  {family:5s} seed {ep_seed} {probe_variant(ep):9s}: "
+                f"{'success' if ep['success'] else ep['outcome']:9s} {ep['sim_seconds']:5.1f} s  '{ep['instruction']}'")
+    return write_probe_report(out, results, families, checkpoint=checkpoint, server=server, phrasing=phrasing,
+                              seed=seed, scenes=scenes, timeout=timeout, real_time_factor=real_time_factor,
+                              params_file=params_file, wall_seconds=time.monotonic() - t_start)

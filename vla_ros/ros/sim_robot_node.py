@@ -55,7 +55,7 @@ from vla_ros.ros import params
 from vla_ros.ros.params import PARAM_ERRORS, T, Spec
 from vla_ros.ros.shutdown import StopSignal, spin_until_stopped
 from vla_ros.sim.panda import ARM_JOINTS, CAMERA_VIEWS, JOINT_NAMES, CameraSpec, PandaSim
-from vla_ros.sim.tasks import FAMILIES, PHRASINGS
+from vla_ros.sim.tasks import DIRECTIONS, FAMILIES, PHRASINGS
 from vla_ros.srv import ResetEpisode
 
 LOOP_DT = 0.01          # s of simulated time per loop step (/clock resolution), rounded to whole physics steps
@@ -75,7 +75,7 @@ SPEC: Spec = {
     "seed": (T.INTEGER, 0, "Seed of the first episode.", {}),
     "family": (T.STRING, "", "Task family of the first episode: " + ", ".join(FAMILIES) + "; empty: random touch "
                "or push.", {}),
-    "phrasing": (T.STRING, "train", "Phrasing set of the first episode: " + " or ".join(PHRASINGS) + ".", {}),
+    "phrasing": (T.STRING, "train", "Phrasing set of the first episode: " + ", ".join(PHRASINGS) + ".", {}),
     "publish_instruction": (T.BOOL, False, "Publish each episode's instruction on `instruction` (transient local).",
                             {}),
     "base_frame": (T.STRING, "panda_link0", "Frame of ee_pose and of twist commands.", {}),
@@ -88,12 +88,18 @@ def _stamp(t: float) -> TimeMsg:
     return TimeMsg(sec=ns // 10**9, nanosec=ns % 10**9)
 
 
-def _episode_problem(family: str, phrasing: str) -> str | None:
-    """What is wrong with an episode's family ("" = random) and phrasing set, or None."""
+def _episode_problem(family: str, phrasing: str, target: int = -1, direction: str = "",
+                     objects: int = 0) -> str | None:
+    """What is wrong with an episode's family ("" = random), phrasing set, target object
+    (-1 = the seed's) and push direction ("" = the seed's), or None."""
     if family and family not in FAMILIES:
         return f"'family' is {family!r}; expected one of {list(FAMILIES)} or empty"
     if phrasing not in PHRASINGS:
         return f"'phrasing' is {phrasing!r}; expected one of {list(PHRASINGS)}"
+    if target != -1 and not 0 <= target < objects:
+        return f"'target' is {target}; expected -1 or an object index 0..{objects - 1}"
+    if direction and (family != "push" or direction not in DIRECTIONS):
+        return f"'direction' is {direction!r}; expected family 'push' and one of {sorted(DIRECTIONS)}, or empty"
     return None
 
 
@@ -302,9 +308,10 @@ class SimRobotNode(Node):
         return result
 
     # ---------------------------------------------------------------- episodes
-    def _reset(self, seed: int, family: str | None, phrasing: str) -> None:
+    def _reset(self, seed: int, family: str | None, phrasing: str, target: int | None = None,
+               direction: str | None = None) -> None:
         with self.lock:
-            task = self.sim.reset(int(seed), family, phrasing)
+            task = self.sim.reset(int(seed), family, phrasing, target=target, direction=direction)
             self._succeeded = False
             self._fjt_goal = self._gripper_goal = None
             self._pace_reset = True
@@ -316,14 +323,17 @@ class SimRobotNode(Node):
     def _on_reset(self, request, response):
         family = request.family or None
         phrasing = request.phrasing or "train"
-        problem = _episode_problem(request.family, phrasing)
+        problem = _episode_problem(request.family, phrasing, request.target, request.direction,
+                                   self.sim.object_count)
         if problem:
             response.success, response.message = False, problem
             return response
-        self._reset(request.seed, family, phrasing)
+        self._reset(request.seed, family, phrasing, None if request.target == -1 else request.target,
+                    request.direction or None)
         task = self.sim.task
         response.success, response.message = True, f"episode seed {request.seed}"
         response.instruction, response.family = task.instruction, task.family
+        response.target, response.direction = task.target, task.direction
         return response
 
     # ---------------------------------------------------------------- the loop
