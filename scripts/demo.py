@@ -7,7 +7,7 @@ task family for each phrasing set: seen (the training phrasings), held-out (new 
 frames) and new words (verbs, nouns, direction words absent from training), the same
 scenes for each (vla-ros eval underneath, one graph for all three):
 
-    python scripts/demo.py [--episodes 10] [--families touch push] [--phrasing train heldout newwords]
+    python scripts/demo.py [--episodes 8] [--families touch push] [--phrasing train heldout newwords]
                            [--json out.json]
 
 `--smoke` instead starts only policy_node (joint-space sim config, tiny untrained model,
@@ -140,7 +140,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="policy node smoke run instead (synthetic inputs)")
     p.add_argument("--seconds", type=float, default=10.0, help="--smoke: seconds to run")
-    p.add_argument("--episodes", type=int, default=10, help="episodes per task family and phrasing set (default 10)")
+    p.add_argument("--episodes", type=int, default=8,
+                   help="episodes per task family and phrasing set (default 8: make demo stays within "
+                        "10 minutes from a fresh clone with the three sets)")
     p.add_argument("--families", nargs="+", default=["touch", "push"], help="task families (default touch push)")
     p.add_argument("--phrasing", nargs="+", choices=tuple(PHRASING_TITLES), default=list(PHRASING_TITLES),
                    help="instruction phrasing sets, each on the same scenes (default: train heldout newwords)")
