@@ -1,6 +1,7 @@
 """Discretization, normalization, flow determinism, config validation and presets."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -237,7 +238,7 @@ def test_config_fields_are_documented():
     import vla_ros.model.config as mod
 
     lines = inspect.getsource(mod.VLAConfig).splitlines()
-    for name in VLAConfig.field_names():
+    for name in (f.name for f in dataclasses.fields(VLAConfig)):
         i = next(i for i, ln in enumerate(lines) if ln.strip().startswith(f"{name}:"))
         assert lines[i - 1].strip().startswith("#"), f"field {name} has no comment"
 

@@ -7,6 +7,9 @@ A field's documentation is the comment on the lines right above it or at the end
     # Linear warmup steps, then cosine decay.     <- help
     warmup_steps: int = 100                       <- default shown: 100
 
+`refuse_unknown_keys` is the other way in from outside, a JSON/dict of those fields: a key that is
+no field is a typo, named in the error, never silently dropped.
+
 Standard library only: the CLI builds its parsers without importing torch.
 """
 
@@ -70,3 +73,11 @@ def add_field_option(parser: argparse._ActionsContainer, cls: type, name: str, *
             and not isinstance(default, bool):
         kwargs["type"] = type(default)
     return parser.add_argument(*(flags or ("--" + name.replace("_", "-"),)), help=text, **kwargs)
+
+
+def refuse_unknown_keys(cls, data: dict, what: str, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` naming the keys of ``data`` that are not fields of dataclass ``cls``."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise error(f"unknown {what} key(s) {unknown}; valid keys are {sorted(names)}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_ros.cli_fields import refuse_unknown_keys
 from vla_ros.data.actions import ActionSpec
 from vla_ros.data.errors import DatasetError
 
@@ -100,16 +101,9 @@ class DatasetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DatasetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise DatasetError(f"unknown DatasetConfig key(s) {unknown}; valid keys are {sorted(known)}")
-        data = dict(data)
+        refuse_unknown_keys(cls, data, "DatasetConfig", DatasetError)
         if isinstance(data.get("action"), dict):
-            akeys = {f.name for f in dataclasses.fields(ActionSpec)}
-            bad = sorted(set(data["action"]) - akeys)
-            if bad:
-                raise DatasetError(f"unknown DatasetConfig.action key(s) {bad}; valid keys are {sorted(akeys)}")
+            refuse_unknown_keys(ActionSpec, data["action"], "DatasetConfig.action", DatasetError)
         return cls(**data)
 
     def save(self, path: str | os.PathLike) -> None:

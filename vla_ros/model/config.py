@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_ros.cli_fields import refuse_unknown_keys
 from vla_ros.share import share_dirs
 
 VISION_ENCODERS = ("cnn", "vit", "pretrained")
@@ -223,17 +224,11 @@ class VLAConfig:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VLAConfig":
         """Build from a plain dict; unknown keys are an error that names them (typos)."""
         if not isinstance(data, dict):
             raise ValueError(f"VLAConfig.from_dict expects a dict, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise ValueError(f"unknown VLAConfig key(s) {unknown}; valid keys are {cls.field_names()}")
+        refuse_unknown_keys(cls, data, "VLAConfig")
         return cls(**data)
 
     @classmethod

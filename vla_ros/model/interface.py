@@ -15,6 +15,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from vla_ros.cli_fields import refuse_unknown_keys
+
 
 @dataclass
 class RobotInterface:
@@ -62,10 +64,7 @@ class RobotInterface:
         """Build from a plain dict; unknown or missing keys are an error that names them."""
         if not isinstance(data, dict):
             raise ValueError(f"RobotInterface.from_dict expects a dict, got {type(data).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"unknown RobotInterface key(s) {unknown}; valid keys are {known}")
+        refuse_unknown_keys(cls, data, "RobotInterface")
         missing = [f.name for f in dataclasses.fields(cls)
                    if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         if missing:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_ros.cli_fields import refuse_unknown_keys
+
 
 class TrainingError(ValueError):
     """A run that cannot start or resume; the message says why."""
@@ -60,10 +62,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig key(s) {unknown}; valid keys are {sorted(known)}")
+        refuse_unknown_keys(cls, data, "TrainConfig")
         return cls(**data)
 
 
