@@ -7,7 +7,7 @@ task family for each phrasing set: seen (the training phrasings), held-out (new 
 frames) and new words (verbs, nouns, direction words absent from training), the same
 scenes for each (vla-ros eval underneath, one graph for all three):
 
-    python scripts/demo.py [--episodes 8] [--families touch push] [--phrasing train heldout newwords]
+    python scripts/demo.py [--episodes 8] [--families touch push pick] [--phrasing train heldout newwords]
                            [--json out.json]
 
 `--smoke` instead starts only policy_node (joint-space sim config, tiny untrained model,
@@ -143,7 +143,8 @@ def main() -> int:
     p.add_argument("--episodes", type=int, default=8,
                    help="episodes per task family and phrasing set (default 8: make demo stays within "
                         "10 minutes from a fresh clone with the three sets)")
-    p.add_argument("--families", nargs="+", default=["touch", "push"], help="task families (default touch push)")
+    p.add_argument("--families", nargs="+", default=["touch", "push", "pick"],
+                   help="task families (default touch push pick)")
     p.add_argument("--phrasing", nargs="+", choices=tuple(PHRASING_TITLES), default=list(PHRASING_TITLES),
                    help="instruction phrasing sets, each on the same scenes (default: train heldout newwords)")
     p.add_argument("--seed", type=int, default=100_000, help="first episode seed (training used 1000..1599)")

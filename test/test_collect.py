@@ -58,3 +58,23 @@ def test_dataset_turns_collected_bags_into_aligned_samples(collected, tmp_path):
         tw = store.deserialize_cdr(first.data, "geometry_msgs/msg/TwistStamped").twist.linear
         np.testing.assert_allclose(ep.actions[0, 0, :3], np.array([tw.x, tw.y, tw.z]) * 0.1, atol=1e-6)
         assert ep.images.shape[1:] == (1, 96, 96, 3) and ep.images.dtype == np.uint8
+
+
+def test_finger_state_does_not_give_the_gripper_label_away(tmp_path):
+    """Episodes start with the gripper open or closed, and the executed gripper command is at
+    times the opposite of the label, so a policy cannot learn the label by copying the fingers."""
+    # Seeds 3012-3017 start three episodes open and three closed.
+    summary = collect(CollectConfig(str(tmp_path / "demos"), episodes=6, families=("pick", "touch"), seed=3012,
+                                    workers=1, gripper_flip=0.3), log=lambda *_: None)
+    assert summary["kept"] == 6  # the expert still succeeds from either start and through the flips
+    episodes = load_episodes([tmp_path / "demos"], DatasetConfig(image_size=96, chunk_size=8),
+                             cache_dir=tmp_path / "cache")
+    fingers_open = [ep.state[:, 7] > 0.02 for ep in episodes]  # panda_finger_joint1
+    labels_open = [ep.actions[:, 0, -1] > 0.5 for ep in episodes]
+    assert {bool(f[0]) for f in fingers_open} == {False, True}  # both starts occur
+    disagree = np.concatenate([f != g for f, g in zip(fingers_open, labels_open)])
+    assert disagree.mean() > 0.1, disagree.mean()
+    # Pick: the label opens the gripper from the start, whatever the fingers show.
+    for ep, g in zip(episodes, labels_open):
+        if "pick" in ep.instruction or "grab" in ep.instruction or "lift" in ep.instruction:
+            assert g[0]

@@ -151,6 +151,11 @@ def test_bert_text_encoder_from_local_dir_with_cache(bert_dir, tmp_path):
     small = PretrainedTextEncoder(str(src), out_dim=8, cache_size=2)
     small.encode(["a", "b", "c"])
     assert len(small._cache) == 2 and small.num_encoder_calls == 1
+    # A batch of cached and new instructions, more new ones than the cache holds: the new
+    # entries evict the cached ones while the batch is assembled (as instruction augmentation does).
+    tokens, _, sentence = small.encode(["b", "d", "e", "f", "c"])
+    _, _, alone = PretrainedTextEncoder(str(src), out_dim=8).encode(["b", "d", "e", "f", "c"])
+    assert sentence.shape == (5, 24) and torch.allclose(sentence, alone, atol=1e-5)
 
     # The checkpoint references the frozen backbone (and its tokenizer) at its source.
     save_policy(policy.eval(), tmp_path / "ckpt")

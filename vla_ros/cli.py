@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     ev.add_argument("--checkpoint", required=True, help="policy checkpoint directory")
     ev.add_argument("--episodes", type=int, default=50,
                     help="episodes per task family, with --probe scenes per family (default 50)")
-    ev.add_argument("--families", nargs="+", default=["touch", "push"], help="task families (default touch push)")
+    ev.add_argument("--families", nargs="+", default=["touch", "push", "pick"],
+                    help="task families (default touch push pick)")
     ev.add_argument("--phrasing", choices=("train", "heldout", "newwords"), default="train",
                     help="instruction phrasings: those of training, held-out sentence frames, or new-words "
                          "(verbs, nouns, direction words and sentence shapes absent from training) (default train)")
@@ -134,8 +135,8 @@ def _bag(args) -> int:
         return 2
 
 
-_COLLECT_FIELDS = ("episodes", "families", "seed", "noise", "workers", "control_rate", "image_size", "max_ticks",
-                   "keep_failed", "storage")
+_COLLECT_FIELDS = ("episodes", "families", "seed", "noise", "open_start", "gripper_flip", "workers", "control_rate",
+                   "image_size", "max_ticks", "keep_failed", "storage")
 
 
 def _add_collect_arguments(col) -> None:

@@ -4,7 +4,11 @@ Each episode: a seeded scene and task, the scripted expert (vla_ros/sim/expert.p
 at the control rate, Gaussian noise added to the EXECUTED velocity while the clean expert
 action is recorded as the label (DART, Laskey et al. 2017), and the episode ends a tick
 after the simulator reports success (or fails at ``max_ticks``; failed episodes are
-discarded unless ``keep_failed``). The bag holds the same topics and message types as
+discarded unless ``keep_failed``). The gripper gets the same treatment: ``open_start`` of the
+episodes start with it open, and on the way to the first waypoint the executed gripper
+command is at times the opposite of the label for a few ticks, so that the finger state
+never gives the gripper label away (a policy that copies the fingers' state never opens
+them for a pick). The bag holds the same topics and message types as
 the live simulated robot (sim_robot_node) publishes, so the dataset code and
 ``ros2 bag play`` treat both alike:
 
@@ -52,11 +56,16 @@ BASE_FRAME = "panda_link0"
 class CollectConfig:
     out_dir: str                  # empty directory the episode bags are written to
     episodes: int = 600           # episodes to simulate
-    families: tuple = ("touch", "push", "touch", "push", "pick")  # task families, cycled: episode i gets families[i % n]
+    # task families, cycled: episode i gets families[i % n] (2 touch, 3 push, 2 pick in 7)
+    families: tuple = ("touch", "push", "pick", "push", "touch", "push", "pick")
     seed: int = 1000              # episode i uses scene seed seed + i
     control_rate: float = 10.0    # Hz: expert actions and camera frames
     image_size: int = 96          # camera image side, pixels
     noise: float = 0.06           # m/s, std of the noise added to each executed velocity axis
+    open_start: float = 0.5       # share of episodes that start with the gripper open (else closed)
+    # per-tick chance, on the way to the first waypoint, of executing the opposite gripper command
+    # for 2-4 ticks (the label stays the expert's)
+    gripper_flip: float = 0.06
     max_ticks: int = 60           # control ticks before an episode fails
     keep_failed: bool = False     # also write the bags of failed episodes
     workers: int = 2              # parallel simulator processes
@@ -114,13 +123,14 @@ def run_episode(sim, expert, msgs: Messages, cfg: CollectConfig, index: int):
 
     family = cfg.families[index % len(cfg.families)]
     seed = cfg.seed + index
-    task = sim.reset(seed, family)
-    expert.reset()
     rng = np.random.default_rng(seed + 7_000_003)
+    task = sim.reset(seed, family, gripper_opening=FINGER_MAX if rng.random() < cfg.open_start else 0.0)
+    expert.reset()
     period = 1.0 / cfg.control_rate
     out = []
     success = False
     ticks = 0
+    flipped = 0  # ticks left of an executed gripper command opposite to the label
     for tick in range(cfg.max_ticks):
         t_ns = int(round(sim.time * 1e9))
         if tick == 0:
@@ -138,7 +148,11 @@ def run_episode(sim, expert, msgs: Messages, cfg: CollectConfig, index: int):
         out.append(("/expert/gripper", t_ns, msgs.float64(gripper)))
         out.append(("/twist", t_ns, msgs.twist(t_ns, executed, angular)))
         sim.command_twist(executed, angular)
-        sim.command_gripper(FINGER_MAX if gripper > 0.5 else 0.0)
+        if flipped == 0 and expert.approaching and rng.random() < cfg.gripper_flip:
+            flipped = int(rng.integers(2, 5))
+        executed_open = (gripper > 0.5) != (flipped > 0)
+        flipped = max(0, flipped - 1)
+        sim.command_gripper(FINGER_MAX if executed_open else 0.0)
         sim.step(period)
         success = sim.success()
     return task, success, ticks, out

@@ -136,6 +136,10 @@ class PretrainedTextEncoder(nn.Module):
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.num_encoder_calls = 0
+        # Training-time regularizer (set by the training run): Gaussian noise of this std on the
+        # unit-norm sentence embedding, renormalized, so nearby phrasings map to one behaviour.
+        self.embedding_noise = 0.0
+        self.noise_generator: torch.Generator | None = None
         self.proj = nn.Linear(self.hidden_size, out_dim)
         self.pool_proj = nn.Linear(self.hidden_size, out_dim)
         init_weights(self.proj)
@@ -170,13 +174,13 @@ class PretrainedTextEncoder(nn.Module):
     def encode(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw frozen embeddings: tokens (B, L, hidden), valid (B, L), sentence (B, hidden)."""
         keys = [_clean(t) for t in instructions]
-        missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        # Take the cached entries before encoding the rest: the new ones may evict them.
+        hits = {k: self._cache[k] for k in dict.fromkeys(keys) if k in self._cache}
+        for k in hits:
+            self._cache.move_to_end(k)  # LRU bookkeeping
+        missing = [k for k in dict.fromkeys(keys) if k not in hits]
         fresh = self._encode_uncached(missing) if missing else {}
-        entries = []
-        for k in keys:
-            if k in self._cache:
-                self._cache.move_to_end(k)  # LRU bookkeeping
-            entries.append(fresh[k] if k in fresh else self._cache[k])
+        entries = [hits[k] if k in hits else fresh[k] for k in keys]
         device = next(self.backbone.parameters()).device
         L = max(e[0].shape[0] for e in entries)
         tokens = torch.zeros(len(keys), L, self.hidden_size, device=device)
@@ -189,6 +193,9 @@ class PretrainedTextEncoder(nn.Module):
 
     def forward(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         tokens, valid, sentence = self.encode(instructions)
+        if self.training and self.embedding_noise > 0:
+            noise = torch.randn(sentence.shape, generator=self.noise_generator).to(sentence.device)
+            sentence = F.normalize(sentence + self.embedding_noise * noise, dim=-1)
         return self.proj(tokens), valid, self.pool_proj(sentence)  # (B, L, C), (B, L), (B, C)
 
 

@@ -38,6 +38,11 @@ class ScriptedExpert:
         self._grasp_ticks = 0
         self._push_start = None
 
+    @property
+    def approaching(self) -> bool:
+        """Whether the hand is still on its way to the first waypoint, high over the table."""
+        return self._stage == 0
+
     def _waypoints(self, sim: PandaSim) -> list[np.ndarray]:
         task = sim.task
         obj = sim.object_position(task.target)

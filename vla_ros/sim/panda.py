@@ -118,9 +118,11 @@ class PandaSim:
 
     # ------------------------------------------------------------------ scene
     def reset(self, seed: int, family: str | None = None, phrasing: str = "train", task: Task | None = None,
-              home_jitter: float = 0.03, target: int | None = None, direction: str | None = None) -> Task:
+              home_jitter: float = 0.03, target: int | None = None, direction: str | None = None,
+              gripper_opening: float = 0.0) -> Task:
         """A new scene and task from ``seed``: objects, a slightly jittered home pose, the task
-        (its target object and push direction chosen by ``target`` / ``direction`` when given)."""
+        (its target object and push direction chosen by ``target`` / ``direction`` when given),
+        the fingers at ``gripper_opening`` (m, 0 closed .. FINGER_MAX open) and held there."""
         rng = np.random.default_rng(seed)
         for body in self._bodies:
             self.p.removeBody(body)
@@ -135,8 +137,10 @@ class PandaSim:
         for _ in range(3):
             self._set_arm(q, 0.0)
             q = self._ik(home, DOWN, REST_POSE)
-        self._set_arm(q, 0.0)
+        opening = float(np.clip(gripper_opening, 0.0, FINGER_MAX))
+        self._set_arm(q, opening)
         self._reset_controllers(q)
+        self._finger_target = opening
         self.task = task if task is not None else sample_task(rng, self.objects, family, phrasing, target, direction)
         # Let the objects settle on the table before anything is measured (the motors
         # already hold the new home pose, not the previous episode's targets).

@@ -29,8 +29,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-_TRAIN_ARG_FIELDS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "val_fraction",
-                     "val_every", "checkpoint_every", "log_every", "seed", "threads", "device")
+_TRAIN_ARG_FIELDS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "instruction_augment",
+                     "instruction_rewrites", "instruction_noise", "val_fraction", "val_every", "checkpoint_every", "log_every", "seed",
+                     "threads", "device")
 
 
 def run_train_cli(args) -> int:

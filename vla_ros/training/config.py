@@ -30,6 +30,13 @@ class TrainConfig:
     grad_clip: float = 1.0            # max global gradient norm (0: no clipping)
     augment: bool = True              # DrQ random shift
     augment_pad: int = 4              # pixels of replicate padding before the random crop
+    # Paraphrase table (JSON, e.g. config/instructions/sim_tasks.json) that rewrites training
+    # instructions with interchangeable phrases; empty: instructions as recorded.
+    instruction_augment: str = ""
+    instruction_rewrites: int = 16    # rewrites made (once) per recorded instruction for augmentation
+    # Std of Gaussian noise added to the frozen encoder's sentence embedding (unit norm) during
+    # training, then renormalized; 0: none. Needs the pretrained language encoder.
+    instruction_noise: float = 0.0
     val_fraction: float = 0.1         # share of episodes held out (by episode)
     val_every: int = 200              # steps between validations
     val_max_batches: int = 20         # validation on at most this many batches (a fixed subset)
@@ -41,7 +48,7 @@ class TrainConfig:
     progress: bool = True             # tqdm progress bar
 
     def __post_init__(self) -> None:
-        for n in ("steps", "batch_size", "val_every", "checkpoint_every", "log_every"):
+        for n in ("steps", "batch_size", "val_every", "checkpoint_every", "log_every", "instruction_rewrites"):
             v = getattr(self, n)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"TrainConfig.{n} must be a positive integer, got {v!r}")
@@ -51,6 +58,9 @@ class TrainConfig:
             v = getattr(self, n)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"TrainConfig.{n} must be a non-negative integer, got {v!r}")
+        if isinstance(self.instruction_noise, bool) or not (isinstance(self.instruction_noise, (int, float))
+                                                            and 0.0 <= self.instruction_noise <= 1.0):
+            raise ValueError(f"TrainConfig.instruction_noise must be in [0, 1], got {self.instruction_noise!r}")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -2,7 +2,8 @@
 
 A run: load the episodes and split them by episode (seeded); build the policy with
 normalization statistics from the training split; then, each step, sample a batch
-uniformly with replacement (seeded), augment its images, set the scheduled learning rate,
+uniformly with replacement (seeded), augment its images (and, with a paraphrase table, its
+instructions; vla_ros/training/paraphrase.py), set the scheduled learning rate,
 take an AdamW step with gradient clipping; every ``log_every`` steps append to the train
 log, every ``val_every`` steps compute the validation loss (a better one writes ``best/``),
 every ``checkpoint_every`` steps write ``last/``.
@@ -27,12 +28,14 @@ from vla_ros.data.torch_dataset import EpisodeDataset
 from vla_ros.model import RobotInterface, VLAConfig, build_policy, load_policy
 from vla_ros.model.checkpoint import CONFIG_FILE, read_config
 from vla_ros.model.device import resolve_device
+from vla_ros.model.language import PretrainedTextEncoder
 from vla_ros.training.augment import random_shift
 from vla_ros.training.checkpoint import (load_training_state, restore_optimizer, save_best_checkpoint,
                                          save_training_checkpoint)
 from vla_ros.training.config import TrainConfig, TrainingError, TrainResult
 from vla_ros.training.model_config import resolve_model_config, robot_interface_of
 from vla_ros.training.optim import lr_at, make_optimizer, set_lr
+from vla_ros.training.paraphrase import ParaphrasePool, ParaphraseTable
 from vla_ros.training.rng import TrainingRNG, seed_globals
 from vla_ros.training.train_log import LOG_FILE, TrainLog
 from vla_ros.training.validation import evaluate_loss, to_device, validation_indices
@@ -58,6 +61,8 @@ def train(data: Sequence[str | os.PathLike] | Sequence[Episode] | None, out_dir:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    # A broken paraphrase table fails here, before minutes of decoding episodes.
+    paraphrases = ParaphraseTable.load(cfg.instruction_augment) if cfg.instruction_augment else None
     data_paths, episodes = _episodes(plan.data, plan.dataset_config, cache_dir)
     train_eps, val_eps = split_episodes(episodes, cfg.val_fraction, cfg.seed)
     train_ds = EpisodeDataset(train_eps)
@@ -77,7 +82,7 @@ def train(data: Sequence[str | os.PathLike] | Sequence[Episode] | None, out_dir:
     if val_ds is None:
         log.warning("no validation episodes (val_fraction=%s, %d episodes): no best checkpoint",
                     cfg.val_fraction, len(episodes))
-    run = _Run(cfg, plan, out, device, train_ds, val_ds, data_paths, model_config)
+    run = _Run(cfg, plan, out, device, train_ds, val_ds, data_paths, model_config, paraphrases)
     if plan.meta is not None:
         run.restore(plan.meta, plan.tensors)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +148,8 @@ class _Run:
     """One run's policy, optimizer, random streams, step and best validation loss."""
 
     def __init__(self, cfg: TrainConfig, plan: _Plan, out: Path, device: torch.device, train_ds: EpisodeDataset,
-                 val_ds: EpisodeDataset | None, data_paths: list[str] | None, model_config_source):
+                 val_ds: EpisodeDataset | None, data_paths: list[str] | None, model_config_source,
+                 paraphrases: ParaphraseTable | None = None):
         self.cfg, self.device = cfg, device
         self.dataset_config = plan.dataset_config
         self.train_ds, self.val_ds = train_ds, val_ds
@@ -159,12 +165,39 @@ class _Run:
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.policy, cfg)
         self.rng = TrainingRNG(cfg.seed, device)
+        self.paraphrases = (ParaphrasePool(paraphrases, [e.instruction for e in train_ds.episodes],
+                                           cfg.instruction_rewrites, cfg.seed + 4) if paraphrases is not None else None)
+        self._encode_instructions_once()
+        if cfg.instruction_noise > 0:
+            if not isinstance(self.policy.language, PretrainedTextEncoder):
+                raise TrainingError("instruction_noise needs the pretrained language encoder "
+                                    f"(language_encoder is {plan.model_config.language_encoder!r})")
+            self.policy.language.embedding_noise = cfg.instruction_noise
+            self.policy.language.noise_generator = self.rng.augment
         self.step: int = 0
         self.best_val: float | None = None
         self.best_step: int | None = None
         self.last_loss: float | None = None
         self.val_indices = (validation_indices(len(val_ds), cfg.batch_size, cfg.val_max_batches, cfg.seed)
                             if val_ds is not None else None)
+
+    def _encode_instructions_once(self) -> None:
+        """Fill a frozen text encoder's cache with every instruction a batch can hold, in fixed
+        chunks: each is encoded once, and with the same numerics in a resumed run (a string's
+        embedding depends slightly on the padding of the batch it was encoded in)."""
+        language = self.policy.language
+        if not isinstance(language, PretrainedTextEncoder):
+            return
+        strings = self.paraphrases.strings() if self.paraphrases is not None else []
+        episodes = self.train_ds.episodes + (self.val_ds.episodes if self.val_ds is not None else [])
+        strings = list(dict.fromkeys(strings + [e.instruction for e in episodes]))
+        language.cache_size = max(language.cache_size, len(strings) + 1024)
+        t0 = time.perf_counter()
+        for i in range(0, len(strings), 256):
+            language.encode(strings[i:i + 256])
+        log.info("encoded %d distinct instructions%s with the frozen text encoder in %.1f s", len(strings),
+                 f" ({len(self.paraphrases.rewrites)} recorded, with their rewrites)" if self.paraphrases else "",
+                 time.perf_counter() - t0)
 
     def restore(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         """Continue from a training checkpoint (out_dir/last)."""
@@ -207,6 +240,8 @@ class _Run:
         batch = self.train_ds.batch(idx)
         if cfg.augment:
             batch["images"] = random_shift(batch["images"], cfg.augment_pad, self.rng.augment)
+        if self.paraphrases is not None:
+            batch["instructions"] = self.paraphrases.sample(batch["instructions"], self.rng.text)
         lr = lr_at(self.step, cfg)
         set_lr(self.optimizer, lr)
         loss, metrics = self.policy.loss(to_device(batch, self.device), generator=self.rng.loss)
@@ -240,7 +275,7 @@ class _Run:
             "step": self.step, "seed": self.cfg.seed, "train_config": self.cfg.to_dict(),
             "data_paths": self.data_paths, "model_config_source": self.model_config_source,
             "best_val_loss": self.best_val, "best_step": self.best_step,
-            "numpy_rng": rng["numpy_rng"], "python_rng": rng["python_rng"],
+            "numpy_rng": rng["numpy_rng"], "text_rng": rng["text_rng"], "python_rng": rng["python_rng"],
             "num_train_episodes": len(train_eps), "num_val_episodes": len(val_eps),
             "train_episodes": [e.path for e in train_eps], "val_episodes": [e.path for e in val_eps],
         }

@@ -20,17 +20,20 @@ def seed_globals(seed: int) -> None:
 
 
 class TrainingRNG:
-    """The run's own generators: batch sampling (numpy), augmentation and the loss's noise (torch)."""
+    """The run's own generators: batch sampling and instruction paraphrases (numpy), image
+    augmentation and the instruction embedding's noise, the loss's noise (torch)."""
 
     def __init__(self, seed: int, device: torch.device):
         self.device = device
         self.data = np.random.default_rng(seed)
         self.augment = torch.Generator().manual_seed(seed + 1)
         self.loss = make_generator(seed + 2, device)
+        self.text = np.random.default_rng(seed + 3)
 
     def json_state(self) -> dict[str, Any]:
         """The states that go into training_state.json."""
-        return {"numpy_rng": self.data.bit_generator.state, "python_rng": list(random.getstate())}
+        return {"numpy_rng": self.data.bit_generator.state, "text_rng": self.text.bit_generator.state,
+                "python_rng": list(random.getstate())}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The states that go into training_state.safetensors (without the "rng." prefix)."""
@@ -42,6 +45,8 @@ class TrainingRNG:
     def restore(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         """Every stream, global ones included, as a checkpoint saved them."""
         self.data.bit_generator.state = meta["numpy_rng"]
+        if "text_rng" in meta:  # runs saved before instruction augmentation existed lack it
+            self.text.bit_generator.state = meta["text_rng"]
         py = meta["python_rng"]
         random.setstate((py[0], tuple(py[1]), py[2]))
         torch.set_rng_state(tensors["rng.torch_cpu"])
