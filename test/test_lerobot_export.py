@@ -161,10 +161,16 @@ def test_parquet_files_have_lerobot_v3_columns_and_types(exported):
     assert rows[1][f"{video}/from_timestamp"] == pytest.approx(rows[0][f"{video}/to_timestamp"])
 
     tasks = pq.read_table(out / "meta/tasks.parquet")
-    assert tasks.schema.field("task_index").type == pa.int64() and tasks.schema.field("task").type == pa.string()
-    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]  # pandas reads it as the index
+    index = "__index_level_0__"  # pandas' unnamed index: LeRobot's tasks DataFrame is indexed by the task
+    assert tasks.schema.field("task_index").type == pa.int64() and tasks.schema.field(index).type == pa.string()
+    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == [index]
     assert sorted(tasks.column("task_index").to_pylist()) == [0, 1, 2]
-    assert sorted(tasks.column("task").to_pylist()) == sorted(r["tasks"][0] for r in rows)
+    assert sorted(tasks.column(index).to_pylist()) == sorted(r["tasks"][0] for r in rows)
+    assert eps.schema.field("stats/frame_index/max").type == pa.list_(pa.int64())  # integer min/max stay integers
+    assert eps.schema.field("stats/observation.state/max").type == pa.list_(pa.float64())
+    hf = json.loads(data.schema.metadata[b"huggingface"])["info"]["features"]
+    assert hf["action"] == {"feature": {"dtype": "float32", "_type": "Value"}, "length": 7, "_type": "List"}
+    assert hf["index"] == {"dtype": "int64", "_type": "Value"}
 
 
 def test_stats_and_video_match_the_frames(exported):

@@ -245,11 +245,15 @@ def read_info(root: str | Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- statistics
 def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
-    """LeRobot's statistics of a (N, D) feature over its N rows: min max mean std, quantiles, count."""
-    a = np.asarray(values, dtype=np.float64)
-    a = a.reshape(len(a), -1)
-    stats = {"min": a.min(0), "max": a.max(0), "mean": a.mean(0), "std": a.std(0),
+    """LeRobot's statistics of a (N, D) feature over its N rows: min max mean std, quantiles, count.
+    min and max keep an integer feature's dtype, as LeRobot's do."""
+    raw = np.asarray(values)
+    raw = raw.reshape(len(raw), -1)
+    a = raw.astype(np.float64)
+    stats = {"min": raw.min(0), "max": raw.max(0), "mean": a.mean(0), "std": a.std(0),
              "count": np.array([len(a)], dtype=np.int64)}
+    if np.issubdtype(raw.dtype, np.floating):
+        stats["min"], stats["max"] = stats["min"].astype(np.float64), stats["max"].astype(np.float64)
     for q, v in zip(QUANTILES, np.quantile(a, QUANTILES, axis=0)):
         stats[f"q{int(round(q * 100)):02d}"] = v
     return stats

@@ -180,11 +180,22 @@ class LeRobotWriter:
             else:
                 arrays.append(pa.array(v))
         table = pa.table(arrays, names=list(columns))
+        table = table.replace_schema_metadata({b"huggingface": json.dumps(self._hf_features(columns)).encode()})
         if self.data_writer is None:
             path = self.root / lr.DATA_PATH.format(chunk_index=0, file_index=0)
             path.parent.mkdir(parents=True, exist_ok=True)
             self.data_writer = pq.ParquetWriter(path, table.schema, compression="snappy")
         self.data_writer.write_table(table)
+
+    @staticmethod
+    def _hf_features(columns: dict[str, np.ndarray]) -> dict:
+        """The Hugging Face datasets features LeRobot's writer records in the frames file (so that
+        datasets.load_dataset and the Hub's viewer type the columns without LeRobot)."""
+        feats = {}
+        for k, v in columns.items():
+            value = {"dtype": str(v.dtype), "_type": "Value"}
+            feats[k] = {"feature": value, "length": int(v.shape[1]), "_type": "List"} if v.ndim == 2 else value
+        return {"info": {"features": feats}}
 
     # -------------------------------------------------------------- meta/
     def close(self) -> None:
@@ -230,18 +241,19 @@ class LeRobotWriter:
         pq.write_table(table, path, compression="snappy")
 
     def _write_tasks(self) -> None:
-        """tasks.parquet as pandas writes a DataFrame indexed by the task (LeRobot reads it with
-        pandas.read_parquet and looks tasks up in the index)."""
+        """tasks.parquet as LeRobot writes it, with pandas: a DataFrame of task_index whose (unnamed)
+        index is the task text; LeRobot reads it with pandas.read_parquet and looks tasks up there."""
         tasks = list(self.tasks)
+        index = "__index_level_0__"
         table = pa.table({"task_index": pa.array([self.tasks[t] for t in tasks], pa.int64()),
-                          "task": pa.array(tasks, pa.string())})
-        pandas_meta = {
-            "index_columns": ["task"],
+                          index: pa.array(tasks, pa.string())})
+        pandas_meta = {  # the form pandas' DataFrame.to_parquet writes
+            "index_columns": [index],
             "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
                                 "metadata": {"encoding": "UTF-8"}}],
             "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
                          "numpy_type": "int64", "metadata": None},
-                        {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object",
+                        {"name": None, "field_name": index, "pandas_type": "unicode", "numpy_type": "object",
                          "metadata": None}],
             "creator": {"library": "pyarrow", "version": pa.__version__},
             "pandas_version": "2.2.3",
