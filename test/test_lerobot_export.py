@@ -228,3 +228,19 @@ def test_export_refuses_a_non_empty_output_and_a_bad_mapping(bags, tmp_path):
     bad.write_text(Path(lr.mapping_path("sim_panda")).read_text().replace("gop: 2", "gop: 2\n  bitrate: 5"))
     with pytest.raises(DatasetError, match=r"bad.yaml: video: unknown key\(s\) \['bitrate'\]"):
         lr.load_mapping(str(bad))
+
+
+def test_training_from_the_lerobot_dataset_sees_the_bags_actions_and_states(bags, exported, tmp_path):
+    from vla_ros.model import load_policy
+    from vla_ros.training import TrainConfig, train
+
+    out, _, _ = exported
+    config = _config(image_size=32, chunk_size=4)
+    cfg = TrainConfig(steps=2, batch_size=4, val_fraction=0.34, val_every=2, checkpoint_every=2, seed=0,
+                      threads=1, progress=False)
+    runs = {name: train([data], tmp_path / name, "tiny", config, cfg)
+            for name, data in (("bags", bags), ("lerobot", out))}
+    assert runs["bags"].num_train_episodes == runs["lerobot"].num_train_episodes == 2
+    policies = {name: load_policy(tmp_path / name / "last") for name in runs}
+    assert policies["bags"].normalization_stats == policies["lerobot"].normalization_stats
+    assert policies["bags"].interface == policies["lerobot"].interface
