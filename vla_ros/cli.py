@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     add_serve_arguments(serve)
     argv = list(sys.argv[1:] if argv is None else argv)
     # Training and evaluation import torch (seconds): their options load only when used.
-    train_p = sub.add_parser("train", help="train a policy by behaviour cloning on episode bags")
+    train_p = sub.add_parser("train", help="train a policy by behaviour cloning on episode bags or LeRobot datasets")
     eval_p = sub.add_parser("eval-open-loop", help="compare a checkpoint's predicted action chunks with "
                             "recorded episodes (errors, plots)")
     exp = sub.add_parser("export", help="export episode bags as a dataset other tools read (LeRobotDataset v3.0)")

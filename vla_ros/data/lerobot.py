@@ -290,8 +290,8 @@ def aggregate_stats(per_episode: list[dict[str, np.ndarray]]) -> dict[str, np.nd
     means = np.stack([s["mean"] for s in per_episode])
     mean = (means * w).sum(0)
     var = ((np.stack([s["std"] for s in per_episode]) ** 2 + (means - mean) ** 2) * w).sum(0)
-    out = {"min": np.min([s["min"] for s in per_episode], axis=0), "max": np.max([s["max"] for s in per_episode], axis=0),
-           "mean": mean, "std": np.sqrt(var), "count": np.array([int(total)], dtype=np.int64)}
+    out = {"min": np.min([s["min"] for s in per_episode], axis=0),
+           "max": np.max([s["max"] for s in per_episode], axis=0), "mean": mean, "std": np.sqrt(var), "count": np.array([int(total)], dtype=np.int64)}
     for k in per_episode[0]:
         if k.startswith("q"):
             out[k] = (np.stack([s[k] for s in per_episode]) * w).sum(0)
