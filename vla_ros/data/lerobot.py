@@ -196,6 +196,9 @@ def load_mapping(name_or_path: str | None = None) -> LeRobotMapping:
     vspec = VideoSpec(**video)
     if vspec.codec not in CODECS:
         raise DatasetError(f"{path}: video.codec {vspec.codec!r} is not one of {sorted(CODECS)}")
+    pix_fmts = ("yuv420p",) if vspec.encoder == "libsvtav1" else ("yuv420p", "yuv444p")
+    if vspec.pix_fmt not in pix_fmts:
+        raise DatasetError(f"{path}: video.pix_fmt {vspec.pix_fmt!r}: {vspec.codec} takes {list(pix_fmts)}")
     for k in ("crf", "gop"):
         v = getattr(vspec, k)
         if not isinstance(v, int) or isinstance(v, bool) or v < (1 if k == "gop" else 0):
