@@ -219,14 +219,17 @@ def test_features_the_mapping_does_not_name_are_refused(exported):
         load_episodes([out], _config(state_joint_names=[f"j{i}" for i in range(9)]))
 
 
-def test_export_refuses_a_non_empty_output_and_a_bad_mapping(bags, tmp_path):
+def test_export_refuses_a_non_empty_output_and_a_bad_mapping(bags, tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(DatasetError, match="exists and is not empty"):
         export_lerobot([bags], tmp_path / "full", progress=False)
+    assert vla_ros_main(["export", "--format", "lerobot", "--data", str(bags), "--out", str(tmp_path / "full")]) == 1
+    printed = capsys.readouterr().err.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("vla-ros export: error:") and "not empty" in printed[0]
     bad = tmp_path / "bad.yaml"
     bad.write_text(Path(lr.mapping_path("sim_panda")).read_text().replace("gop: 2", "gop: 2\n  bitrate: 5"))
-    with pytest.raises(DatasetError, match=r"bad.yaml: video: unknown key\(s\) \['bitrate'\]"):
+    with pytest.raises(DatasetError, match=r"bad.yaml: unknown video key\(s\) \['bitrate'\]"):
         lr.load_mapping(str(bad))
 
 

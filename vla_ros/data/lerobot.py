@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from vla_ros.cli_fields import refuse_unknown_keys
 from vla_ros.data.actions import ActionSpec
 from vla_ros.data.config import CameraTopic, DatasetConfig
 from vla_ros.data.errors import DatasetError
@@ -65,7 +66,6 @@ DEFAULT_MAPPING = "sim_panda"
 
 _TOP_KEYS = {"robot_type", "cameras", "state", "action", "instruction_topic", "success_topic", "image_size", "video"}
 _STATE_KEYS = {"topic", "joints"}
-_VIDEO_KEYS = {"codec", "crf", "gop", "pix_fmt"}
 
 
 def camera_key(camera: str) -> str:
@@ -154,10 +154,17 @@ def mapping_path(name_or_path: str | None) -> Path:
     raise DatasetError(f"no LeRobot mapping {name!r} (a YAML file, or a name in config/lerobot/)")
 
 
-def _unknown(where: str, got: dict, allowed: set) -> None:
-    extra = sorted(set(got) - allowed)
-    if extra:
-        raise DatasetError(f"{where}: unknown key(s) {extra}; valid: {sorted(allowed)}")
+def _refuse_unknown(path: Path, what: str, got: dict, allowed: set[str] | type) -> None:
+    """One error naming the file and the unknown keys (cli_fields' message form)."""
+    def error(message: str) -> DatasetError:
+        return DatasetError(f"{path}: {message}")
+
+    if isinstance(allowed, type):
+        refuse_unknown_keys(allowed, got, what, error)
+        return
+    unknown = sorted(set(got) - allowed)
+    if unknown:
+        raise error(f"unknown {what} key(s) {unknown}; valid keys are {sorted(allowed)}")
 
 
 def load_mapping(name_or_path: str | None = None) -> LeRobotMapping:
@@ -169,7 +176,7 @@ def load_mapping(name_or_path: str | None = None) -> LeRobotMapping:
         raise DatasetError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise DatasetError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
-    _unknown(str(path), raw, _TOP_KEYS)
+    _refuse_unknown(path, "mapping", raw, _TOP_KEYS)
     cams = raw.get("cameras")
     if not isinstance(cams, dict) or not cams or not all(isinstance(k, str) and isinstance(v, str) and v
                                                           for k, v in cams.items()):
@@ -181,18 +188,18 @@ def load_mapping(name_or_path: str | None = None) -> LeRobotMapping:
     state = raw.get("state")
     if not isinstance(state, dict):
         raise DatasetError(f"{path}: state must be {{topic, joints}}, got {state!r}")
-    _unknown(f"{path}: state", state, _STATE_KEYS)
+    _refuse_unknown(path, "state", state, _STATE_KEYS)
     joints = state.get("joints")
     if not isinstance(joints, list) or not joints or not all(isinstance(j, str) for j in joints):
         raise DatasetError(f"{path}: state.joints must be a list of joint names, got {joints!r}")
     action = raw.get("action")
     if not isinstance(action, dict):
         raise DatasetError(f"{path}: action must be a mapping of ActionSpec fields, got {action!r}")
-    _unknown(f"{path}: action", action, set(ActionSpec.__dataclass_fields__))
+    _refuse_unknown(path, "action", action, ActionSpec)
     video = raw.get("video") or {}
     if not isinstance(video, dict):
         raise DatasetError(f"{path}: video must be a mapping, got {video!r}")
-    _unknown(f"{path}: video", video, _VIDEO_KEYS)
+    _refuse_unknown(path, "video", video, VideoSpec)
     vspec = VideoSpec(**video)
     if vspec.codec not in CODECS:
         raise DatasetError(f"{path}: video.codec {vspec.codec!r} is not one of {sorted(CODECS)}")
