@@ -101,6 +101,18 @@ def test_every_frame_read_back_is_the_recorded_frame_of_its_episode(tmp_path):
         np.testing.assert_array_equal(r.state, b.state)
 
 
+def test_export_names_episodes_whose_frames_and_control_ticks_are_not_one_to_one(tmp_path):
+    bags = tmp_path / "bags"
+    write_episode(bags / "episode_000000", n_ticks=10)
+    # the camera at twice the control rate: a twist at every other frame only
+    write_episode(bags / "episode_000001", n_ticks=20, period=0.05, skip_twist_ticks=range(1, 20, 2))
+    lines: list[str] = []
+    summary = export_lerobot([bags], tmp_path / "ds", progress=False, log_line=lines.append)
+    assert summary.episodes == 2 and summary.not_one_to_one == [str(bags / "episode_000001")]
+    assert lines[0].startswith("warning: in 1 episode(s) camera frames and control ticks are not one to one")
+    assert str(bags / "episode_000001") in lines[0]
+
+
 def test_info_json_has_lerobot_v3_fields_and_types(exported):
     out, summary, _ = exported
     info = json.loads((out / "meta/info.json").read_text())
