@@ -77,7 +77,8 @@ def _episodes_table(root: Path, info: dict) -> list[dict]:
         raise DatasetError(f"{root / 'meta' / 'episodes'}: no episodes parquet file")
     rows = []
     for f in files:
-        rows += _read_parquet(f, ["episode_index", "dataset_from_index", "dataset_to_index"]).to_pylist()
+        table = _read_parquet(f, ["episode_index", "dataset_from_index", "dataset_to_index"])
+        rows += table.select([c for c in table.column_names if not c.startswith("stats/")]).to_pylist()
     rows.sort(key=lambda r: r["episode_index"])
     if len(rows) != info["total_episodes"]:
         raise DatasetError(f"{root / lr.INFO_PATH}: total_episodes {info['total_episodes']}, meta/episodes has "
