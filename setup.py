@@ -29,7 +29,8 @@ setup(
     packages=find_packages(include=["vla_ros", "vla_ros.*"]),
     # rclpy and the message packages come from ROS (apt) or the ros-jazzy-* wheels, and
     # torch from the platform's own channel: requirements/dev.txt pins the dev set.
-    install_requires=["numpy", "opencv-python-headless", "transforms3d", "safetensors", "pyyaml", "rosbags"],
+    install_requires=["numpy", "opencv-python-headless", "transforms3d", "safetensors", "pyyaml", "rosbags",
+                      "pyarrow", "av", "tqdm"],
     entry_points={"console_scripts": console_scripts()},
     zip_safe=False,
 )

@@ -56,7 +56,7 @@ def default_image(k, cam=0, size=96):
 def write_episode(path, storage="mcap", n_ticks=20, period=0.1, t0_ns=100 * NS, instruction="pick up the red cube",
                   success=True, image_fn=default_image, twist_fn=None, gripper_fn=None, state_fn=None,
                   js_start_ns=None, js_period_ns=20_000_000, recv_offset_ns=3_000_000, encoding="rgb8",
-                  skip_topics=(), skip_gripper_ticks=(), cameras=(("front", "/front/image_raw"),)):
+                  skip_topics=(), skip_gripper_ticks=(), cameras=(("front", "/front/image_raw"),), skip_twist_ticks=()):
     """Write one episode bag: tick k at t0 + k * period (frame, twist, gripper, success).
 
     twist_fn(k) -> (vx, vy, vz, wx, wy, wz); gripper_fn(k) -> float; state_fn(t_ns) -> 9
@@ -98,9 +98,10 @@ def write_episode(path, storage="mcap", n_ticks=20, period=0.1, t0_ns=100 * NS, 
                 data=np.ascontiguousarray(data).reshape(-1))))
         v = twist_fn(k)
         V3 = T["geometry_msgs/msg/Vector3"]
-        msgs.append((tk + recv_offset_ns, "/expert/twist", T["geometry_msgs/msg/TwistStamped"](
-            header=_header(tk, "panda_link0"),
-            twist=T["geometry_msgs/msg/Twist"](linear=V3(*v[:3]), angular=V3(*v[3:])))))
+        if k not in skip_twist_ticks:
+            msgs.append((tk + recv_offset_ns, "/expert/twist", T["geometry_msgs/msg/TwistStamped"](
+                header=_header(tk, "panda_link0"),
+                twist=T["geometry_msgs/msg/Twist"](linear=V3(*v[:3]), angular=V3(*v[3:])))))
         if k not in skip_gripper_ticks:
             msgs.append((tk + recv_offset_ns + 1000, "/expert/gripper",
                          T["std_msgs/msg/Float64"](data=float(gripper_fn(k)))))

@@ -71,9 +71,19 @@ def main(argv=None) -> int:
     add_serve_arguments(serve)
     argv = list(sys.argv[1:] if argv is None else argv)
     # Training and evaluation import torch (seconds): their options load only when used.
-    train_p = sub.add_parser("train", help="train a policy by behaviour cloning on episode bags")
+    train_p = sub.add_parser("train", help="train a policy by behaviour cloning on episode bags or LeRobot datasets")
     eval_p = sub.add_parser("eval-open-loop", help="compare a checkpoint's predicted action chunks with "
                             "recorded episodes (errors, plots)")
+    exp = sub.add_parser("export", help="export episode bags as a dataset other tools read (LeRobotDataset v3.0)")
+    exp.add_argument("--format", choices=("lerobot",), default="lerobot", help="dataset format (default lerobot)")
+    exp.add_argument("--data", nargs="+", required=True, metavar="BAG_OR_DIR",
+                     help="episode bag directories, directories of bags, or quoted patterns ('bags/episode_00*')")
+    exp.add_argument("--out", "-o", required=True, help="new dataset directory (must not exist, or be empty)")
+    exp.add_argument("--mapping", default="sim_panda",
+                     help="which topics become which features: config/lerobot/<name>.yaml or a YAML file "
+                          "(default sim_panda)")
+    exp.add_argument("--include-failed", action="store_true", help="also export unsuccessful episodes")
+    exp.add_argument("--no-progress", action="store_true", help="no progress bar")
     if "collect" in argv:  # its options are CollectConfig's fields (vla_ros.data.collect imports rosbags)
         _add_collect_arguments(col)
     if "train" in argv:
@@ -103,6 +113,8 @@ def main(argv=None) -> int:
         return _collect(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "export":
+        return _export(args)
     if args.command == "serve":
         from vla_ros.runtime.remote_server import run_serve_cli
         return run_serve_cli(args)
@@ -113,6 +125,19 @@ def main(argv=None) -> int:
         from vla_ros.evaluation.open_loop import run_open_loop_cli
         return run_open_loop_cli(args)
     parser.print_help()
+    return 0
+
+
+def _export(args) -> int:
+    """vla-ros export: 0 on success, 1 with one error line on bad input."""
+    from vla_ros.data.errors import DatasetError
+    from vla_ros.data.lerobot_writer import export_lerobot
+    try:
+        export_lerobot(args.data, args.out, mapping=args.mapping, include_failed=args.include_failed,
+                       progress=not args.no_progress)
+    except DatasetError as exc:
+        print(f"vla-ros export: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -8,4 +8,8 @@ Episodes from bags, bottom-up: errors -> actions (where actions come from) -> co
 alignment (one bag -> Episode) -> episodes (find, cache, load many, split) ->
 torch_dataset (batches, statistics); compatibility (episodes vs a model config) and
 cli (dataset command-line options) beside them.
+
+LeRobotDataset v3.0: lerobot (layout, the YAML mapping of topics to features, statistics) ->
+lerobot_reader (a dataset -> Episodes, used by episodes) and lerobot_writer (bags -> a dataset,
+`vla-ros export`).
 """

@@ -38,10 +38,22 @@ log = logging.getLogger("vla_ros.data.alignment")
 Messages = dict[str, list[StampedMessage]]
 
 
-def load_episode(path: str | os.PathLike, config: DatasetConfig) -> Episode:
-    """Read one episode bag and align it (see the module docstring). Raises DatasetError."""
+def load_episode(path: str | os.PathLike, config: DatasetConfig, keep_size: bool = False) -> Episode:
+    """Read one episode bag and align it (see the module docstring). With ``keep_size`` the
+    images keep the camera's size instead of ``config.image_size`` (every camera must then have
+    one size). Raises DatasetError."""
     bag = Path(path)
-    return align(bag, config, read_episode_messages(bag, config))
+    msgs = read_episode_messages(bag, config, keep_size=keep_size)
+    if keep_size:
+        _check_one_size(bag, config, msgs)
+    return align(bag, config, msgs)
+
+
+def _check_one_size(bag: Path, config: DatasetConfig, msgs: Messages) -> None:
+    sizes = {c.name: sorted({m.msg.shape for m in msgs.get(c.topic, [])}) for c in config.cameras}
+    if len({s for v in sizes.values() for s in v}) > 1:
+        raise DatasetError(f"bag {bag}: camera frames differ in size {sizes} (height, width, channels); "
+                           f"give an image_size to resize them to one")
 
 
 @dataclass

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vla_ros.data.config import DatasetConfig
+from vla_ros.data.errors import DatasetError
+from vla_ros.data.lerobot import DEFAULT_MAPPING, is_lerobot_dataset, load_mapping
 
 if TYPE_CHECKING:
     from vla_ros.model import VLAConfig
@@ -21,8 +23,12 @@ def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
     """Dataset options (None: keep the default)."""
     g = p.add_argument_group("dataset")
     g.add_argument("--data", nargs="+", metavar="BAG_OR_DIR",
-                   help="episode bag directories, or directories whose subdirectories are bags")
+                   help="episode bag directories, directories whose subdirectories are bags, or LeRobotDataset "
+                        "v3.0 directories (meta/info.json)")
     g.add_argument("--dataset-config", metavar="JSON", help="DatasetConfig JSON (topics, joints, ...)")
+    g.add_argument("--lerobot-mapping", metavar="YAML",
+                   help="the cameras, joints and action of the data from a LeRobot mapping (config/lerobot/<name>.yaml "
+                        "or a file; default, for LeRobot datasets in --data: sim_panda)")
     g.add_argument("--camera", action="append", metavar="NAME=TOPIC",
                    help="a camera and its image topic (repeat for several; default front=/front/image_raw)")
     g.add_argument("--state-topic", help="sensor_msgs/JointState topic (default /joint_states)")
@@ -43,9 +49,22 @@ def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
 
 def dataset_config_from_args(args, base: DatasetConfig | None = None,
                              model_cfg: VLAConfig | None = None) -> DatasetConfig:
-    """A DatasetConfig from --dataset-config (or ``base``) with the command-line options applied."""
-    d = (DatasetConfig.load(args.dataset_config) if getattr(args, "dataset_config", None)
-         else (base or DatasetConfig())).to_dict()
+    """A DatasetConfig from --dataset-config, --lerobot-mapping (given, or the default when --data names a
+    LeRobot dataset and there is no ``base``) or ``base``, with the command-line options applied."""
+    mapping = getattr(args, "lerobot_mapping", None)
+    if mapping is None and base is None and not getattr(args, "dataset_config", None) and any(
+            is_lerobot_dataset(p) for p in args.data or []):
+        mapping = DEFAULT_MAPPING
+    if mapping is not None and getattr(args, "dataset_config", None):
+        raise DatasetError("give --dataset-config or --lerobot-mapping, not both")
+    if getattr(args, "dataset_config", None):
+        d = DatasetConfig.load(args.dataset_config).to_dict()
+    elif mapping is not None:
+        d = load_mapping(mapping).dataset_config().to_dict()
+        if base is not None:  # a checkpoint's: its image and chunk sizes stay
+            d["image_size"], d["chunk_size"] = base.image_size, base.chunk_size
+    else:
+        d = (base or DatasetConfig()).to_dict()
     if args.camera:
         cams = []
         for spec in args.camera:

@@ -60,9 +60,12 @@ def optional_topics(config: DatasetConfig, required: dict) -> dict[str, tuple[st
     return optional
 
 
-def read_episode_messages(bag: Path, config: DatasetConfig) -> dict[str, list[StampedMessage]]:
+def read_episode_messages(bag: Path, config: DatasetConfig,
+                          keep_size: bool = False) -> dict[str, list[StampedMessage]]:
     """topic -> its messages sorted by (stamp, receive time), for every topic the config
-    needs and the optional ones the bag has. Raises DatasetError."""
+    needs and the optional ones the bag has. Images are resized and center-cropped to
+    ``config.image_size``, or with ``keep_size`` kept at the camera's own size (LeRobot export).
+    Raises DatasetError."""
     required = required_topics(config)
     optional = optional_topics(config, required)
     try:
@@ -73,12 +76,13 @@ def read_episode_messages(bag: Path, config: DatasetConfig) -> dict[str, list[St
         types_of = _check_topic_types(bag, reader.topics, required, optional)
         msgs: dict[str, list[StampedMessage]] = {t: [] for t in types_of}
         camera_topics = {c.topic for c in config.cameras}
+        size = None if keep_size else config.image_size
         try:
             for m in reader.messages(list(types_of)):
                 obj = _deserialize(m.data, m.msgtype, bag, m.topic)
                 stamp, has_header = _stamp(obj, m.timestamp)
                 if m.topic in camera_topics:
-                    obj = _decode_image(obj, m.msgtype, config.image_size, f"bag {bag}: image on {m.topic}")
+                    obj = _decode_image(obj, m.msgtype, size, f"bag {bag}: image on {m.topic}")
                 msgs[m.topic].append(StampedMessage(stamp, has_header, m.timestamp, obj))
         except BagError as e:
             raise DatasetError(f"bag {bag}: unreadable: {e}") from None
@@ -127,7 +131,7 @@ def _stamp(msg, receive_ns: int) -> tuple[int, bool]:
     return int(receive_ns), False
 
 
-def _decode_image(msg, msgtype: str, size: int, where: str) -> np.ndarray:
+def _decode_image(msg, msgtype: str, size: int | None, where: str) -> np.ndarray:
     try:
         if msgtype.endswith("CompressedImage"):
             rgb = decode_compressed(msg.format, msg.data)
@@ -135,4 +139,4 @@ def _decode_image(msg, msgtype: str, size: int, where: str) -> np.ndarray:
             rgb = decode_raw(msg.height, msg.width, msg.encoding, msg.step, msg.data, msg.is_bigendian)
     except ImageDecodeError as e:
         raise DatasetError(f"{where}: {e}") from None
-    return np.ascontiguousarray(resize_center_crop(rgb, size), dtype=np.uint8)
+    return np.ascontiguousarray(rgb if size is None else resize_center_crop(rgb, size), dtype=np.uint8)

@@ -1,6 +1,7 @@
 """Many episodes: find the bags under some paths, load them through an on-disk cache, split.
 
-One bag directory (MCAP or sqlite3) is one episode. :func:`load_episodes` loads every bag
+One bag directory (MCAP or sqlite3) is one episode; a LeRobotDataset v3.0 directory (meta/info.json)
+holds many, read by :mod:`vla_ros.data.lerobot_reader`. :func:`load_episodes` loads every bag
 (with ``skip_bad_bags``, the default, a bad bag is logged and skipped instead of raising
 :class:`DatasetError`); decoded episodes are cached as .npz files keyed by the bag's files
 and the dataset config, so a second run skips decoding.
@@ -21,6 +22,7 @@ from vla_ros.data.alignment import load_episode
 from vla_ros.data.config import DatasetConfig
 from vla_ros.data.episode import Episode
 from vla_ros.data.errors import DatasetError
+from vla_ros.data.lerobot import is_lerobot_dataset
 
 log = logging.getLogger("vla_ros.data.episodes")
 
@@ -103,13 +105,17 @@ def load_episode_cached(path: str | os.PathLike, config: DatasetConfig,
 # ----------------------------------------------------------------------------- many bags
 def load_episodes(paths: str | os.PathLike | Iterable[str | os.PathLike], config: DatasetConfig,
                   cache_dir: str | os.PathLike | None = None) -> list[Episode]:
-    """Episodes of every bag in ``paths`` (see find_bags), sorted by path.
+    """Episodes of every bag in ``paths`` (see find_bags), sorted by path, then those of every
+    LeRobot dataset in ``paths``.
 
     Unsuccessful episodes are left out when ``config.only_successful``. A bad bag raises
-    DatasetError, or is logged and skipped when ``config.skip_bad_bags``; no usable episode
-    at all raises DatasetError listing why.
+    DatasetError, or is logged and skipped when ``config.skip_bad_bags``; a LeRobot dataset that
+    cannot be read always raises. No usable episode at all raises DatasetError listing why.
     """
-    bags = find_bags(paths)
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    lerobot = [Path(p) for p in paths if is_lerobot_dataset(p)]
+    bag_paths = [p for p in paths if not is_lerobot_dataset(p)]
+    bags = find_bags(bag_paths) if bag_paths else []
     episodes, problems, unsuccessful = [], [], []
     for bag in bags:
         try:
@@ -125,6 +131,10 @@ def load_episodes(paths: str | os.PathLike | Iterable[str | os.PathLike], config
             unsuccessful.append(str(bag))
             continue
         episodes.append(ep)
+    if lerobot:  # pyarrow and PyAV load only for LeRobot datasets
+        from vla_ros.data.lerobot_reader import read_lerobot_episodes
+        for root in lerobot:
+            episodes += read_lerobot_episodes(root, config)
     if not episodes:
         why = list(problems)
         if unsuccessful:
