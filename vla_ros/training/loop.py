@@ -26,7 +26,9 @@ from vla_ros.data.episode import Episode
 from vla_ros.data.episodes import load_episodes, split_episodes
 from vla_ros.data.torch_dataset import EpisodeDataset
 from vla_ros.model import RobotInterface, VLAConfig, build_policy, load_policy
-from vla_ros.model.checkpoint import CONFIG_FILE, read_config
+from vla_ros.model.checkpoint import CONFIG_FILE, read_config, save_policy
+from vla_ros.model.lora import (apply_lora, base_digest, check_qlora_available, count_trainable, load_adapted,
+                                load_any_policy, lora_target_names, quantize_targets_nf4, save_adapted)
 from vla_ros.model.device import resolve_device
 from vla_ros.model.language import PretrainedTextEncoder
 from vla_ros.training.augment import random_shift
@@ -58,6 +60,8 @@ def train(data: Sequence[str | os.PathLike] | Sequence[Episode] | None, out_dir:
     out = Path(out_dir)
     plan = _plan(out, data, model_config, dataset_config, train_config, resume)
     cfg = plan.train_config
+    if cfg.qlora:  # before minutes of decoding episodes
+        check_qlora_available(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -128,7 +132,11 @@ def _plan(out: Path, data, model_config, dataset_config: DatasetConfig | None,
             raise TrainingError(f"{out} already holds a run ({last_dir} exists): pass resume=True (--resume) "
                                 f"or choose another output directory")
         dataset_config = dataset_config or DatasetConfig()
-        model_cfg, interface = resolve_model_config(model_config, dataset_config), None
+        if train_config is not None and train_config.init:
+            # Fine-tuning: the architecture and robot interface are the init checkpoint's.
+            model_cfg, interface = read_config(Path(train_config.init) / CONFIG_FILE)
+        else:
+            model_cfg, interface = resolve_model_config(model_config, dataset_config), None
     if data is None:
         raise TrainingError("no training data given")
     return _Plan(train_config or TrainConfig(), dataset_config, model_cfg, interface, data, meta, tensors)
@@ -159,8 +167,25 @@ class _Run:
         self.last_dir, self.best_dir = out / "last", out / "best"
         self.train_log = TrainLog(out / LOG_FILE)
         seed_globals(cfg.seed)
-        self.policy = build_policy(plan.model_config, plan.interface)
-        self.policy.set_normalization_stats(train_ds.stats())
+        self.lora = cfg.lora_settings() if (cfg.lora or cfg.qlora) else None
+        self.base: dict[str, Any] | None = None
+        if cfg.init:
+            # The base's normalization statistics stay: its weights (and adapters over them)
+            # expect actions and states in its units.
+            self.policy = load_any_policy(cfg.init)
+            self.base = {"base_path": cfg.init, "base_sha256": base_digest(self.policy),
+                         "base_num_tensors": len(self.policy.state_dict()),
+                         "base_num_parameters": self.policy.num_parameters()}
+        else:
+            self.policy = build_policy(plan.model_config, plan.interface)
+            self.policy.set_normalization_stats(train_ds.stats())
+        if self.lora is not None:
+            if cfg.qlora:
+                quantize_targets_nf4(self.policy, lora_target_names(self.policy, self.lora), device)
+            apply_lora(self.policy, self.lora)
+            trainable, total = count_trainable(self.policy)
+            log.info("LoRA r=%d alpha=%g: %d trainable parameters of %d (%.2f%%)", self.lora.rank, self.lora.alpha,
+                     trainable, total, 100.0 * trainable / total)
         self.policy.to(device).train()
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.policy, cfg)
@@ -201,8 +226,11 @@ class _Run:
 
     def restore(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         """Continue from a training checkpoint (out_dir/last)."""
-        # load_policy knows every checkpoint layout (e.g. frozen backbones stored by reference).
-        self.policy.load_state_dict(load_policy(self.last_dir).state_dict(), strict=True)
+        # load_policy knows every checkpoint layout (e.g. frozen backbones stored by reference);
+        # an adapted one is loaded unmerged, with the base's digest checked.
+        saved = (load_adapted(self.last_dir, base=self.cfg.init)[0] if self.lora is not None
+                 else load_policy(self.last_dir))
+        self.policy.load_state_dict(saved.state_dict(), strict=True)
         restore_optimizer(self.optimizer, meta, tensors)
         self.step, self.best_val, self.best_step = int(meta["step"]), meta.get("best_val_loss"), meta.get("best_step")
         self.rng.restore(meta, tensors)
@@ -262,11 +290,19 @@ class _Run:
         say(f"step {self.step}: val_loss {val_loss:.4f}" + (" (best)" if improved else ""))
         if improved:
             self.best_val, self.best_step = val_loss, self.step
-            save_best_checkpoint(self.best_dir, self.policy, self.dataset_config, self.step, val_loss)
+            save_best_checkpoint(self.best_dir, self.policy, self.dataset_config, self.step, val_loss,
+                                 save_model=self.save_model)
 
     def save_last(self) -> None:
         save_training_checkpoint(self.last_dir, self.policy, self.optimizer, self.dataset_config,
-                                 self.checkpoint_meta(), self.rng.tensors())
+                                 self.checkpoint_meta(), self.rng.tensors(), save_model=self.save_model)
+
+    def save_model(self, policy, path: Path) -> None:
+        """A plain checkpoint, or with LoRA the adapters and the base's digest."""
+        if self.lora is None:
+            save_policy(policy, path)
+        else:
+            save_adapted(policy, path, self.lora, **self.base)
 
     def checkpoint_meta(self) -> dict[str, Any]:
         train_eps, val_eps = self.train_ds.episodes, self.val_ds.episodes if self.val_ds is not None else []
