@@ -230,9 +230,6 @@ def load_adapted(path: str | os.PathLike, base: str | os.PathLike | None = None,
     policy, as :func:`checkpoint.save_policy` writes it, whose outputs equal the adapted ones
     within float rounding. Without merge the policy keeps its LoRA layers (to go on training).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     doc, settings = read_adapter_config(path)
     config, interface = read_config(path / CONFIG_FILE)
@@ -247,7 +244,21 @@ def load_adapted(path: str | os.PathLike, base: str | os.PathLike | None = None,
         raise CheckpointError(f"{str(path / ADAPTER_CONFIG_FILE)!r}: target module(s) {missing_targets[:5]} are not "
                               "Linear layers of the base policy")
     tuner = apply_lora(policy, settings, targets)
-    model_file = path / ADAPTER_FILE
+    load_adapter_weights(policy, path, settings)
+    policy.set_normalization_stats(stats)
+    if merge:
+        policy = merge_adapters(policy, tuner)
+        tuner = None
+    return policy.to(device).eval(), tuner
+
+
+def load_adapter_weights(policy: VLAPolicy, path: str | os.PathLike, settings: LoraSettings) -> None:
+    """Fill a policy that already has its adapters (apply_lora) with an adapted checkpoint's
+    tensors, strictly: every adapter and fully trained tensor present, none unexpected, shapes equal."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    model_file = Path(path) / ADAPTER_FILE
     if not model_file.is_file():
         raise CheckpointError(f"adapted checkpoint {str(path)!r} is missing file {ADAPTER_FILE!r}")
     _check_safetensors_header(model_file)
@@ -265,11 +276,6 @@ def load_adapted(path: str | os.PathLike, base: str | os.PathLike | None = None,
             raise CheckpointError(f"{str(model_file)!r}: tensor {name!r} has shape {tuple(t.shape)}, the adapter "
                                   f"config gives {tuple(expected[name].shape)}")
     policy.load_state_dict(state, strict=False)
-    policy.set_normalization_stats(stats)
-    if merge:
-        policy = merge_adapters(policy, tuner)
-        tuner = None
-    return policy.to(device).eval(), tuner
 
 
 def load_any_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> VLAPolicy:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from vla_ros.cli_fields import add_field_option
@@ -88,6 +89,8 @@ def run_train_cli(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"vla-ros train: error: {e}")
         return 1
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
     best = f", best val loss {result.best_val_loss:.4f} -> {result.best_dir}" if result.best_dir else ""
     print(f"trained {result.step} steps on {result.num_train_episodes} episodes "
           f"({result.num_val_episodes} held out): {result.last_dir}{best}")
