@@ -182,3 +182,30 @@ def test_cli_train_lora_resume_and_merge(tmp_path, capsys):
     assert (tmp_path / "merged" / "model.safetensors").is_file()
     assert cli_main(["merge", "--checkpoint", str(base), "--out", str(tmp_path / "m2")]) == 1
     assert "not an adapted checkpoint" in capsys.readouterr().out
+    assert cli_main(["train", "--lora", "--out", str(tmp_path / "no_init"), *common]) == 1
+    assert "need init" in capsys.readouterr().out
+
+
+def test_full_fine_tuning_starts_from_the_init_weights_and_statistics(tmp_path):
+    from test_training import learnable_bags
+
+    bags = learnable_bags(tmp_path / "bags", n=3)
+    common = ["--data", str(bags), "--image-size", "32", "--chunk-size", "4", "--batch-size", "4", "--threads", "1",
+              "--val-fraction", "0", "--no-progress", "--seed", "0", "--cache-dir", str(tmp_path / "cache")]
+    assert cli_main(["train", "--out", str(tmp_path / "base_run"), "--steps", "2", *common]) == 0
+    base_dir = tmp_path / "base_run" / "last"
+    # Other statistics than the base's: the fine-tuned policy must keep the base's anyway.
+    more = learnable_bags(tmp_path / "more", n=2)
+    ft_args = ["train", "--init", str(base_dir), "--out", str(tmp_path / "ft"), "--steps", "1", "--lr", "1e-9",
+               *common[2:], "--data", str(more)]
+    assert cli_main(ft_args) == 0
+    base, tuned = load_policy(base_dir), load_policy(tmp_path / "ft" / "last")
+    from vla_ros.data.config import DatasetConfig
+    from vla_ros.data.episodes import load_episodes
+    from vla_ros.data.torch_dataset import compute_dataset_stats
+
+    own = compute_dataset_stats(load_episodes([str(more)], DatasetConfig.load(base_dir / "dataset_config.json")))
+    assert own["action"].to_dict() != base.normalization_stats["action"].to_dict()
+    assert tuned.normalization_stats["action"].to_dict() == base.normalization_stats["action"].to_dict()
+    a, b = base.state_dict(), tuned.state_dict()
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-5  # one step at lr 1e-9
