@@ -84,11 +84,22 @@ def main(argv=None) -> int:
                           "(default sim_panda)")
     exp.add_argument("--include-failed", action="store_true", help="also export unsuccessful episodes")
     exp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dst = sub.add_parser("distill", help="train a small student policy to imitate a trained teacher on episode bags")
+    mrg = sub.add_parser("merge", help="fold a LoRA-adapted checkpoint's adapters into its base: a plain "
+                         "checkpoint for deployment")
+    mrg.add_argument("--checkpoint", required=True, help="adapted checkpoint directory (holds adapter_config.json)")
+    mrg.add_argument("--out", required=True, help="directory of the plain checkpoint to write")
+    mrg.add_argument("--base", default=None,
+                     help="base checkpoint directory (default: the path adapter_config.json records); its sha256 "
+                          "must match the recorded one")
     if "collect" in argv:  # its options are CollectConfig's fields (vla_ros.data.collect imports rosbags)
         _add_collect_arguments(col)
     if "train" in argv:
         from vla_ros.training.cli import add_train_arguments
         add_train_arguments(train_p)
+    if "distill" in argv:
+        from vla_ros.training.distill import add_distill_arguments
+        add_distill_arguments(dst)
     if "eval-open-loop" in argv:
         from vla_ros.evaluation.open_loop import add_open_loop_arguments
         add_open_loop_arguments(eval_p)
@@ -115,6 +126,11 @@ def main(argv=None) -> int:
         return _eval(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "distill":
+        from vla_ros.training.distill import run_distill_cli
+        return run_distill_cli(args)
+    if args.command == "merge":
+        return _merge(args)
     if args.command == "serve":
         from vla_ros.runtime.remote_server import run_serve_cli
         return run_serve_cli(args)
@@ -125,6 +141,29 @@ def main(argv=None) -> int:
         from vla_ros.evaluation.open_loop import run_open_loop_cli
         return run_open_loop_cli(args)
     parser.print_help()
+    return 0
+
+
+def _merge(args) -> int:
+    """`vla-ros merge`: adapters folded into the base weights (peft merge_and_unload), saved plain."""
+    import shutil
+    from pathlib import Path
+
+    from vla_ros.model.checkpoint import CheckpointError
+    from vla_ros.model.lora import is_adapted_checkpoint, merge_checkpoint
+
+    if not is_adapted_checkpoint(args.checkpoint):
+        print(f"vla-ros merge: error: {args.checkpoint!r} is not an adapted checkpoint (no adapter_config.json)")
+        return 1
+    try:
+        out = merge_checkpoint(args.checkpoint, args.out, args.base)
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"vla-ros merge: error: {e}")
+        return 1
+    dataset_config = Path(args.checkpoint, "dataset_config.json")
+    if dataset_config.is_file():  # the topics and sizes it was trained on travel with it
+        shutil.copy(dataset_config, out / dataset_config.name)
+    print(f"merged {args.checkpoint} into a plain checkpoint: {out}")
     return 0
 
 

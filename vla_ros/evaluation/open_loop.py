@@ -33,7 +33,8 @@ from vla_ros.data.compatibility import check_episodes_fit
 from vla_ros.data.config import DATASET_CONFIG_FILE, CameraTopic, DatasetConfig
 from vla_ros.data.episode import Episode
 from vla_ros.data.episodes import load_episodes
-from vla_ros.model import RobotInterface, VLAConfig, load_policy, make_generator
+from vla_ros.model import RobotInterface, VLAConfig, make_generator
+from vla_ros.model.lora import load_any_policy
 from vla_ros.model.checkpoint import CONFIG_FILE, MODEL_FILE, read_config
 from vla_ros.model.device import resolve_device
 from vla_ros.model.policy import VLAPolicy
@@ -160,7 +161,7 @@ def evaluate_open_loop(checkpoint: str | os.PathLike, data: Sequence[str | os.Pa
     """Run the checkpoint on every frame of the episodes in ``data``; write report.json (and
     one PNG per episode when ``plots``) to ``out_dir``; return the report."""
     ckpt = resolve_checkpoint(checkpoint)
-    policy = load_policy(ckpt, device=resolve_device(device))
+    policy = load_any_policy(ckpt, device=resolve_device(device))
     cfg, iface = policy.config, policy.interface
     if isinstance(data, (str, os.PathLike)):
         data = [data]

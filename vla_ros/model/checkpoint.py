@@ -35,6 +35,10 @@ the internet is a program), so pickle files (magic byte ``\\x80``) and ``torch.s
 archives (``PK``) are detected by their first bytes and never opened. A frozen backbone
 is always stored by reference: one that ``external_weights.json`` does not list is an
 error, not a reason to look for it in ``model.safetensors``.
+
+A directory holding ``adapter_config.json`` is an adapted checkpoint (LoRA adapters over a
+base checkpoint named by digest; layout in lora.py): :func:`load_policy` refuses it with a
+pointer to ``lora.load_any_policy``, which loads either kind.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ CONFIG_FILE = "config.json"
 NORMALIZATION_FILE = "normalization.json"
 EXTERNAL_FILE = "external_weights.json"
 PRETRAINED_DIR = "pretrained"
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # an adapted checkpoint (lora.py)
 FORMAT_VERSION = 2  # of config.json: architecture and robot interface apart
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".tar")
 
@@ -169,19 +174,7 @@ def save_policy(policy: VLAPolicy, path: str | os.PathLike) -> Path:
     tmp = path / (MODEL_FILE + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt", "vla_ros_checkpoint": str(FORMAT_VERSION)})
     os.replace(tmp, path / MODEL_FILE)
-    (path / CONFIG_FILE).write_text(json.dumps(config_document(cfg, policy.interface), indent=2) + "\n",
-                                    encoding="utf-8")
-    stats = policy.normalization_stats
-    iface = policy.interface
-    norm = {
-        "format_version": FORMAT_VERSION,
-        "mode": cfg.normalization_mode,
-        "action_names": iface.action_names,
-        "state_names": iface.state_names,
-        "unnormalized_names": [n for n in cfg.unnormalized_names if n in iface.action_names + iface.state_names],
-        "stats": {k: (v.to_dict() if v is not None else None) for k, v in stats.items()},
-    }
-    (path / NORMALIZATION_FILE).write_text(json.dumps(norm, indent=2) + "\n", encoding="utf-8")
+    write_config_and_normalization(policy, path)
     # Re-saving into an existing directory: a stale external_weights.json must not survive.
     if external:
         doc = {"format_version": FORMAT_VERSION, "roles": external}
@@ -195,6 +188,24 @@ def save_policy(policy: VLAPolicy, path: str | os.PathLike) -> Path:
         d.mkdir(parents=True, exist_ok=True)
         module.save_config(d)
     return path
+
+
+def write_config_and_normalization(policy: VLAPolicy, path: Path) -> None:
+    """config.json and normalization.json of ``policy`` into the directory ``path``."""
+    cfg = policy.config
+    (path / CONFIG_FILE).write_text(json.dumps(config_document(cfg, policy.interface), indent=2) + "\n",
+                                    encoding="utf-8")
+    stats = policy.normalization_stats
+    iface = policy.interface
+    norm = {
+        "format_version": FORMAT_VERSION,
+        "mode": cfg.normalization_mode,
+        "action_names": iface.action_names,
+        "state_names": iface.state_names,
+        "unnormalized_names": [n for n in cfg.unnormalized_names if n in iface.action_names + iface.state_names],
+        "stats": {k: (v.to_dict() if v is not None else None) for k, v in stats.items()},
+    }
+    (path / NORMALIZATION_FILE).write_text(json.dumps(norm, indent=2) + "\n", encoding="utf-8")
 
 
 def config_document(config: VLAConfig, interface: RobotInterface) -> dict:
@@ -265,6 +276,10 @@ def read_normalization(path: Path, interface: RobotInterface) -> dict:
 def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> VLAPolicy:
     """Rebuild a policy saved by :func:`save_policy`; returns it in eval mode on ``device``."""
     path = Path(path)
+    if (path / ADAPTER_CONFIG_FILE).is_file():
+        raise CheckpointError(
+            f"{str(path)!r} is an adapted checkpoint (LoRA adapters over a base checkpoint): load it with "
+            "vla_ros.model.lora.load_any_policy, or write a plain one with `vla-ros merge`")
     if path.is_file():
         kind = sniff_pickle(path)
         if kind or path.suffix in PICKLE_SUFFIXES:

@@ -272,7 +272,9 @@ class PretrainedVisionTower(nn.Module):
         if images.shape[-1] != self.native_size or images.shape[-2] != self.native_size:
             images = F.interpolate(images, size=(self.native_size,) * 2, mode="bilinear", align_corners=False)
         x = (images - self.mean) / self.std  # (B, 3, S, S)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+        # A frozen tower runs without autograd, unless LoRA adapters inside it train (model/lora.py).
+        trains = not self.frozen or any(p.requires_grad for p in self.tower.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
             out = self.tower(pixel_values=x)
         tokens = self.proj(out.last_hidden_state)  # (B, N, C)
         pooled = self.pool_proj(out.pooler_output)  # (B, C)

@@ -1,5 +1,8 @@
 """Turn a node's model parameters into a ready inference engine, or one clear error.
 
+Checkpoints load through ``lora.load_any_policy``: a plain one, or an adapted one (LoRA
+adapters over a base checkpoint checked by digest), merged.
+
 The ROS node knows only this function and the engine it returns (`infer`, `action_names`,
 `state_names`, `chunk_size`, `action_dim`, `device`), never a model class.
 """
@@ -7,7 +10,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from vla_ros.model.checkpoint import CheckpointError, load_policy
+from vla_ros.model.checkpoint import CheckpointError
+from vla_ros.model.lora import load_any_policy
 from vla_ros.model.config import load_preset
 from vla_ros.model.interface import RobotInterface
 from vla_ros.model.policy import build_policy
@@ -51,7 +55,7 @@ def load_engine(checkpoint: str, preset: str, action_names: Sequence[str] | None
     """
     try:
         if checkpoint:
-            policy = load_policy(checkpoint, device="cpu")
+            policy = load_any_policy(checkpoint, device="cpu")  # plain or LoRA-adapted
         else:
             log(f"model.checkpoint is empty: using preset '{preset}' with UNTRAINED weights "
                 "(for smoke tests only; the robot will not do anything useful)")
@@ -85,7 +89,7 @@ def load_engine_for_checkpoint(checkpoint: str, preset: str = "tiny", device: st
     """Load a checkpoint as it is, with no robot to fit (vla-ros serve: clients check the metadata)."""
     try:
         if checkpoint:
-            policy = load_policy(checkpoint, device="cpu")
+            policy = load_any_policy(checkpoint, device="cpu")  # plain or LoRA-adapted
         else:
             log(f"no checkpoint: serving preset '{preset}' with UNTRAINED weights (smoke tests only)")
             policy = build_policy(load_preset(preset), DEMO_INTERFACE)

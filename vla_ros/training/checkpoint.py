@@ -58,12 +58,14 @@ def write_dir_atomically(target: Path, fill: Callable[[Path], None]) -> None:
 
 def save_training_checkpoint(path: Path, policy: VLAPolicy, optimizer: torch.optim.Optimizer,
                              dataset_config: DatasetConfig, meta: dict[str, Any],
-                             rng_tensors: dict[str, torch.Tensor]) -> None:
-    """A policy checkpoint plus everything needed to continue training, written atomically."""
+                             rng_tensors: dict[str, torch.Tensor],
+                             save_model: Callable[[VLAPolicy, Path], Any] = save_policy) -> None:
+    """A policy checkpoint (``save_model``: a plain or an adapted one) plus everything needed to
+    continue training, written atomically."""
     from safetensors.torch import save_file
 
     def fill(tmp: Path) -> None:
-        save_policy(policy, tmp)
+        save_model(policy, tmp)
         dataset_config.save(tmp / DATASET_CONFIG_FILE)
         opt = optimizer.state_dict()
         tensors: dict[str, torch.Tensor] = {}
@@ -86,10 +88,10 @@ def save_training_checkpoint(path: Path, policy: VLAPolicy, optimizer: torch.opt
 
 
 def save_best_checkpoint(path: Path, policy: VLAPolicy, dataset_config: DatasetConfig, step: int,
-                         val_loss: float) -> None:
+                         val_loss: float, save_model: Callable[[VLAPolicy, Path], Any] = save_policy) -> None:
     """The policy, its dataset config and metrics.json (step, validation loss), atomically."""
     def fill(tmp: Path) -> None:
-        save_policy(policy, tmp)
+        save_model(policy, tmp)
         dataset_config.save(tmp / DATASET_CONFIG_FILE)
         (tmp / METRICS_FILE).write_text(json.dumps({"step": step, "val_loss": val_loss}) + "\n")
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from vla_ros.cli_fields import add_field_option
 from vla_ros.data.cli import add_dataset_arguments, dataset_config_from_args
 from vla_ros.model import load_preset
+from vla_ros.data.config import DATASET_CONFIG_FILE, DatasetConfig
+from vla_ros.model.checkpoint import CONFIG_FILE, read_config
+from vla_ros.model.lora import check_qlora_available
 from vla_ros.training.checkpoint import load_training_state
 from vla_ros.training.config import TrainConfig
 from vla_ros.training.loop import train
@@ -27,11 +31,24 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         add_field_option(g, TrainConfig, name, **({"type": int} if name == "warmup_steps" else {}))
     g.add_argument("--no-augment", action="store_true", help="turn off the random-shift image augmentation")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f = p.add_argument_group("fine-tuning (LoRA / QLoRA adapters; README 'Fine-tuning')")
+    add_field_option(f, TrainConfig, "init", metavar="CHECKPOINT")
+    f.add_argument("--lora", action="store_true", help="train LoRA adapters over the --init checkpoint (peft); "
+                   "checkpoints hold the adapters and the base's sha256")
+    f.add_argument("--qlora", action="store_true", help="LoRA over a 4-bit NF4 base (bitsandbytes, bf16 compute); "
+                   "CUDA only")
+    for name in ("lora_rank", "lora_alpha", "lora_dropout"):
+        add_field_option(f, TrainConfig, name)
+    for name in ("lora_parts", "lora_target_modules"):
+        add_field_option(f, TrainConfig, name, nargs="+", metavar="NAME")
+    f.add_argument("--lora-frozen-head", action="store_true",
+                   help="with --lora: keep the action head frozen (default: it trains fully)")
 
 
 _TRAIN_ARG_FIELDS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "instruction_augment",
                      "instruction_rewrites", "instruction_noise", "val_fraction", "val_every", "checkpoint_every", "log_every", "seed",
                      "threads", "device")
+_FINETUNE_FIELDS = ("init", "lora_rank", "lora_alpha", "lora_dropout", "lora_parts", "lora_target_modules")
 
 
 def run_train_cli(args) -> int:
@@ -39,12 +56,19 @@ def run_train_cli(args) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s: %(message)s")
     out = Path(args.out)
     resuming = args.resume and (out / "last").is_dir()
-    overrides = {k: getattr(args, k) for k in _TRAIN_ARG_FIELDS if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in _TRAIN_ARG_FIELDS + _FINETUNE_FIELDS if getattr(args, k) is not None}
     if args.no_augment:
         overrides["augment"] = False
     if args.no_progress:
         overrides["progress"] = False
+    for flag in ("lora", "qlora"):
+        if getattr(args, flag):
+            overrides[flag] = True
+    if args.lora_frozen_head:
+        overrides["lora_train_head"] = False
     try:
+        if args.qlora:
+            check_qlora_available(args.device or "cpu")
         if resuming:
             meta, _ = load_training_state(out / "last")
             base, model, dataset_config = meta["train_config"], "tiny", None
@@ -52,7 +76,12 @@ def run_train_cli(args) -> int:
             if not args.data:
                 raise SystemExit("vla-ros train: --data is required (unless --resume finds OUT/last)")
             base, model = {}, args.config
-            dataset_config = dataset_config_from_args(args, model_cfg=load_preset(model))
+            model_cfg = read_config(Path(args.init) / CONFIG_FILE)[0] if args.init else load_preset(model)
+            # A training checkpoint to fine-tune records its dataset config: the same topics and sizes.
+            init_dataset = Path(args.init or "", DATASET_CONFIG_FILE)
+            dataset_config = dataset_config_from_args(
+                args, base=DatasetConfig.load(init_dataset) if args.init and init_dataset.is_file() else None,
+                model_cfg=model_cfg)
         base.update(overrides)
         result = train(args.data, out, model_config=model, dataset_config=dataset_config,
                        train_config=TrainConfig.from_dict(base),
@@ -60,6 +89,8 @@ def run_train_cli(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"vla-ros train: error: {e}")
         return 1
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
     best = f", best val loss {result.best_val_loss:.4f} -> {result.best_dir}" if result.best_dir else ""
     print(f"trained {result.step} steps on {result.num_train_episodes} episodes "
           f"({result.num_val_episodes} held out): {result.last_dir}{best}")

@@ -46,6 +46,23 @@ class TrainConfig:
     threads: int = 0                  # torch intra-op threads (0: torch's default)
     device: str = "cpu"               # "cpu", "cuda", "cuda:N" or "auto"
     progress: bool = True             # tqdm progress bar
+    # Policy checkpoint to start from (fine-tuning): its architecture, robot interface, weights
+    # and normalization statistics; empty: a new policy from the model config.
+    init: str = ""
+    # Train LoRA adapters (model/lora.py) on top of the init checkpoint instead of every weight.
+    lora: bool = False
+    lora_rank: int = 8                # LoRA rank r
+    lora_alpha: float = 32.0          # LoRA alpha: the update is scaled by alpha / rank
+    lora_dropout: float = 0.05        # dropout on the adapters' input
+    # Parts whose attention and MLP projections get adapters (vision, language, fusion).
+    lora_parts: list[str] = field(default_factory=lambda: ["vision", "language", "fusion"])
+    # Linear layer names (last name component) that get adapters inside those parts.
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q", "kv", "proj", "fc1", "fc2", "q_proj",
+                                                                    "k_proj", "v_proj", "out_proj"])
+    lora_train_head: bool = True      # with LoRA: train the action head fully (else frozen)
+    # QLoRA: LoRA over a base whose adapted Linear layers are 4-bit NF4 (bitsandbytes, bf16
+    # compute); needs CUDA.
+    qlora: bool = False
 
     def __post_init__(self) -> None:
         for n in ("steps", "batch_size", "val_every", "checkpoint_every", "log_every", "instruction_rewrites"):
@@ -66,6 +83,18 @@ class TrainConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction!r}")
         self.betas = [float(b) for b in self.betas]
+        if (self.lora or self.qlora) and not self.init:
+            raise ValueError("TrainConfig.lora / qlora need init: the checkpoint the adapters fine-tune (--init)")
+        if self.lora or self.qlora:
+            self.lora_settings()  # validates the lora_* fields
+
+    def lora_settings(self):
+        """The LoraSettings of the lora_* fields."""
+        from vla_ros.model.lora import LoraSettings
+
+        return LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                            parts=self.lora_parts, target_modules=self.lora_target_modules,
+                            train_head=self.lora_train_head)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

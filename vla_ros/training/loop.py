@@ -26,13 +26,18 @@ from vla_ros.data.episode import Episode
 from vla_ros.data.episodes import load_episodes, split_episodes
 from vla_ros.data.torch_dataset import EpisodeDataset
 from vla_ros.model import RobotInterface, VLAConfig, build_policy, load_policy
-from vla_ros.model.checkpoint import CONFIG_FILE, read_config
+from vla_ros.model.checkpoint import CONFIG_FILE, read_config, save_policy
+from vla_ros.model.lora import (apply_lora, base_digest, check_qlora_available, count_trainable,
+                                load_adapter_weights, load_any_policy, lora_target_names, quantize_targets_nf4,
+                                read_adapter_config, save_adapted)
 from vla_ros.model.device import resolve_device
 from vla_ros.model.language import PretrainedTextEncoder
 from vla_ros.training.augment import random_shift
 from vla_ros.training.checkpoint import (load_training_state, restore_optimizer, save_best_checkpoint,
                                          save_training_checkpoint)
 from vla_ros.training.config import TrainConfig, TrainingError, TrainResult
+from vla_ros.training.distributed import (Distributed, LossModule, init_distributed, process_device,
+                                          valid_steps)
 from vla_ros.training.model_config import resolve_model_config, robot_interface_of
 from vla_ros.training.optim import lr_at, make_optimizer, set_lr
 from vla_ros.training.paraphrase import ParaphrasePool, ParaphraseTable
@@ -58,12 +63,31 @@ def train(data: Sequence[str | os.PathLike] | Sequence[Episode] | None, out_dir:
     out = Path(out_dir)
     plan = _plan(out, data, model_config, dataset_config, train_config, resume)
     cfg = plan.train_config
+    if cfg.qlora:  # before minutes of decoding episodes
+        check_qlora_available(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    ddp = init_distributed(cfg.device)
+    try:
+        return _train(plan, out, cfg, ddp, model_config, cache_dir, stop_at_step)
+    finally:
+        ddp.close()
+
+
+def _train(plan: "_Plan", out: Path, cfg: TrainConfig, ddp: Distributed, model_config, cache_dir,
+           stop_at_step: int | None) -> TrainResult:
+    if ddp.enabled and cfg.batch_size % ddp.world_size:
+        raise TrainingError(f"batch_size {cfg.batch_size} (the global batch) must be a multiple of the "
+                            f"{ddp.world_size} processes")
+    device = process_device(resolve_device(cfg.device), ddp)
     # A broken paraphrase table fails here, before minutes of decoding episodes.
     paraphrases = ParaphraseTable.load(cfg.instruction_augment) if cfg.instruction_augment else None
+    # Rank 0 decodes and caches the episodes first; the others then read its cache.
+    if not ddp.is_main:
+        ddp.barrier()
     data_paths, episodes = _episodes(plan.data, plan.dataset_config, cache_dir)
+    if ddp.is_main:
+        ddp.barrier()
     train_eps, val_eps = split_episodes(episodes, cfg.val_fraction, cfg.seed)
     train_ds = EpisodeDataset(train_eps)
     val_ds = EpisodeDataset(val_eps) if val_eps else None
@@ -82,7 +106,7 @@ def train(data: Sequence[str | os.PathLike] | Sequence[Episode] | None, out_dir:
     if val_ds is None:
         log.warning("no validation episodes (val_fraction=%s, %d episodes): no best checkpoint",
                     cfg.val_fraction, len(episodes))
-    run = _Run(cfg, plan, out, device, train_ds, val_ds, data_paths, model_config, paraphrases)
+    run = _Run(cfg, plan, out, device, train_ds, val_ds, data_paths, model_config, paraphrases, ddp)
     if plan.meta is not None:
         run.restore(plan.meta, plan.tensors)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +152,11 @@ def _plan(out: Path, data, model_config, dataset_config: DatasetConfig | None,
             raise TrainingError(f"{out} already holds a run ({last_dir} exists): pass resume=True (--resume) "
                                 f"or choose another output directory")
         dataset_config = dataset_config or DatasetConfig()
-        model_cfg, interface = resolve_model_config(model_config, dataset_config), None
+        if train_config is not None and train_config.init:
+            # Fine-tuning: the architecture and robot interface are the init checkpoint's.
+            model_cfg, interface = read_config(Path(train_config.init) / CONFIG_FILE)
+        else:
+            model_cfg, interface = resolve_model_config(model_config, dataset_config), None
     if data is None:
         raise TrainingError("no training data given")
     return _Plan(train_config or TrainConfig(), dataset_config, model_cfg, interface, data, meta, tensors)
@@ -149,8 +177,9 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, plan: _Plan, out: Path, device: torch.device, train_ds: EpisodeDataset,
                  val_ds: EpisodeDataset | None, data_paths: list[str] | None, model_config_source,
-                 paraphrases: ParaphraseTable | None = None):
+                 paraphrases: ParaphraseTable | None = None, ddp: Distributed | None = None):
         self.cfg, self.device = cfg, device
+        self.ddp = ddp or Distributed()
         self.dataset_config = plan.dataset_config
         self.train_ds, self.val_ds = train_ds, val_ds
         self.data_paths = data_paths
@@ -159,10 +188,36 @@ class _Run:
         self.last_dir, self.best_dir = out / "last", out / "best"
         self.train_log = TrainLog(out / LOG_FILE)
         seed_globals(cfg.seed)
-        self.policy = build_policy(plan.model_config, plan.interface)
-        self.policy.set_normalization_stats(train_ds.stats())
+        self.lora = cfg.lora_settings() if (cfg.lora or cfg.qlora) else None
+        self.base: dict[str, Any] | None = None
+        if cfg.init:
+            # The base's normalization statistics stay: its weights (and adapters over them)
+            # expect actions and states in its units.
+            self.policy = load_any_policy(cfg.init)
+            self.base = {"base_path": cfg.init, "base_sha256": base_digest(self.policy),
+                         "base_num_tensors": len(self.policy.state_dict()),
+                         "base_num_parameters": self.policy.num_parameters()}
+        else:
+            self.policy = build_policy(plan.model_config, plan.interface)
+            self.policy.set_normalization_stats(train_ds.stats())
+        if self.lora is not None:
+            if cfg.qlora:
+                quantize_targets_nf4(self.policy, lora_target_names(self.policy, self.lora), device)
+            apply_lora(self.policy, self.lora)
+            trainable, total = count_trainable(self.policy)
+            log.info("LoRA r=%d alpha=%g: %d trainable parameters of %d (%.2f%%)", self.lora.rank, self.lora.alpha,
+                     trainable, total, 100.0 * trainable / total)
         self.policy.to(device).train()
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.ddp_model = None
+        if self.ddp.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # static_graph: the same weights take part in every step, and any a configuration
+            # leaves out of the loss are found once instead of at every step.
+            self.ddp_model = DistributedDataParallel(
+                LossModule(self.policy), device_ids=[device.index] if device.type == "cuda" else None,
+                static_graph=True)
         self.optimizer = make_optimizer(self.policy, cfg)
         self.rng = TrainingRNG(cfg.seed, device)
         self.paraphrases = (ParaphrasePool(paraphrases, [e.instruction for e in train_ds.episodes],
@@ -201,18 +256,29 @@ class _Run:
 
     def restore(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         """Continue from a training checkpoint (out_dir/last)."""
-        # load_policy knows every checkpoint layout (e.g. frozen backbones stored by reference).
-        self.policy.load_state_dict(load_policy(self.last_dir).state_dict(), strict=True)
+        if self.lora is not None:
+            # The base was loaded again from --init (and quantized for QLoRA): it must be the one
+            # the adapters were saved over; then only the adapters and trained modules load.
+            recorded = read_adapter_config(self.last_dir)[0]["base"]["sha256"]
+            if recorded != self.base["base_sha256"]:
+                raise TrainingError(f"{self.last_dir} was trained over a base with sha256 {recorded}, but "
+                                    f"{self.cfg.init} has sha256 {self.base['base_sha256']}")
+            load_adapter_weights(self.policy, self.last_dir, self.lora)
+        else:
+            # load_policy knows every checkpoint layout (e.g. frozen backbones stored by reference).
+            self.policy.load_state_dict(load_policy(self.last_dir).state_dict(), strict=True)
         restore_optimizer(self.optimizer, meta, tensors)
         self.step, self.best_val, self.best_step = int(meta["step"]), meta.get("best_val_loss"), meta.get("best_step")
         self.rng.restore(meta, tensors)
-        self.train_log.truncate(self.step)
+        if self.ddp.is_main:
+            self.train_log.truncate(self.step)
 
     def loop(self, stop_at_step: int | None) -> None:
         from tqdm import tqdm
 
         cfg = self.cfg
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="train", dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress or not self.ddp.is_main, desc="train",
+                   dynamic_ncols=True)
         t_start = time.perf_counter()
         try:
             while self.step < cfg.steps:
@@ -220,13 +286,13 @@ class _Run:
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{lr:.2e}")
                 step = self.step
-                if step % cfg.log_every == 0 or step == cfg.steps:
+                if self.ddp.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
                     self.train_log.write({"step": step, "loss": self.last_loss, "lr": lr, "grad_norm": float(grad_norm),
                                     "elapsed_s": round(time.perf_counter() - t_start, 3),
                                     **{f"train/{k}": v for k, v in metrics.items() if k != "loss"}})
-                if self.val_ds is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+                if self.ddp.is_main and self.val_ds is not None and (step % cfg.val_every == 0 or step == cfg.steps):
                     self.validate(bar.write)
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                if self.ddp.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                     self.save_last()
                 if stop_at_step is not None and step >= stop_at_step:
                     break
@@ -235,8 +301,12 @@ class _Run:
 
     def train_step(self) -> tuple[float, torch.Tensor, dict[str, Any]]:
         """One optimizer step on a sampled batch: (learning rate, gradient norm, loss metrics)."""
-        cfg = self.cfg
+        cfg, ddp = self.cfg, self.ddp
         idx = self.rng.data.integers(0, len(self.train_ds), size=cfg.batch_size)
+        if ddp.enabled:  # this process's slice of the global batch; its own streams for this step
+            share = cfg.batch_size // ddp.world_size
+            idx = idx[ddp.rank * share:(ddp.rank + 1) * share]
+            self.rng.reseed_for_step(cfg.seed, self.step, ddp.rank)
         batch = self.train_ds.batch(idx)
         if cfg.augment:
             batch["images"] = random_shift(batch["images"], cfg.augment_pad, self.rng.augment)
@@ -244,9 +314,21 @@ class _Run:
             batch["instructions"] = self.paraphrases.sample(batch["instructions"], self.rng.text)
         lr = lr_at(self.step, cfg)
         set_lr(self.optimizer, lr)
-        loss, metrics = self.policy.loss(to_device(batch, self.device), generator=self.rng.loss)
+        batch = to_device(batch, self.device)
+        if ddp.enabled:
+            # DDP averages gradients over processes: weighting each by its share of the valid
+            # chunk steps makes the average the gradient of the global batch's masked mean.
+            valid = valid_steps(batch)
+            total = ddp.sum(valid)
+            loss, metrics = self.ddp_model(batch, self.rng.loss)
+            weight = float(valid * ddp.world_size / total)
+            objective = loss * weight
+            loss = ddp.sum(loss.detach().cpu() * valid) / total  # the global batch's loss, for the log
+        else:
+            loss, metrics = self.policy.loss(batch, generator=self.rng.loss)
+            objective = loss
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         self.optimizer.step()
         self.step += 1
@@ -262,11 +344,19 @@ class _Run:
         say(f"step {self.step}: val_loss {val_loss:.4f}" + (" (best)" if improved else ""))
         if improved:
             self.best_val, self.best_step = val_loss, self.step
-            save_best_checkpoint(self.best_dir, self.policy, self.dataset_config, self.step, val_loss)
+            save_best_checkpoint(self.best_dir, self.policy, self.dataset_config, self.step, val_loss,
+                                 save_model=self.save_model)
 
     def save_last(self) -> None:
         save_training_checkpoint(self.last_dir, self.policy, self.optimizer, self.dataset_config,
-                                 self.checkpoint_meta(), self.rng.tensors())
+                                 self.checkpoint_meta(), self.rng.tensors(), save_model=self.save_model)
+
+    def save_model(self, policy, path: Path) -> None:
+        """A plain checkpoint, or with LoRA the adapters and the base's digest."""
+        if self.lora is None:
+            save_policy(policy, path)
+        else:
+            save_adapted(policy, path, self.lora, **self.base)
 
     def checkpoint_meta(self) -> dict[str, Any]:
         train_eps, val_eps = self.train_ds.episodes, self.val_ds.episodes if self.val_ds is not None else []
@@ -277,5 +367,6 @@ class _Run:
             "best_val_loss": self.best_val, "best_step": self.best_step,
             "numpy_rng": rng["numpy_rng"], "text_rng": rng["text_rng"], "python_rng": rng["python_rng"],
             "num_train_episodes": len(train_eps), "num_val_episodes": len(val_eps),
+            "world_size": self.ddp.world_size,
             "train_episodes": [e.path for e in train_eps], "val_episodes": [e.path for e in val_eps],
         }

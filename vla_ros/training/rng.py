@@ -30,6 +30,15 @@ class TrainingRNG:
         self.loss = make_generator(seed + 2, device)
         self.text = np.random.default_rng(seed + 3)
 
+    def reseed_for_step(self, seed: int, step: int, rank: int) -> None:
+        """Under several processes (distributed.py): the per-sample streams of one process at one
+        step, derived from (seed, step, rank), so that no process's state needs saving."""
+        from vla_ros.training.distributed import step_seed
+
+        self.augment.manual_seed(step_seed(seed, step, rank, 1))
+        self.loss.manual_seed(step_seed(seed, step, rank, 2))
+        self.text = np.random.default_rng(step_seed(seed, step, rank, 3))
+
     def json_state(self) -> dict[str, Any]:
         """The states that go into training_state.json."""
         return {"numpy_rng": self.data.bit_generator.state, "text_rng": self.text.bit_generator.state,
