@@ -26,7 +26,7 @@ from vla_ros.data.compatibility import check_episodes_fit
 from vla_ros.data.config import DATASET_CONFIG_FILE, DatasetConfig
 from vla_ros.data.episodes import load_episodes
 from vla_ros.data.torch_dataset import EpisodeDataset
-from vla_ros.model import VLAConfig, build_policy, load_preset, save_policy
+from vla_ros.model import build_policy, load_preset, save_policy
 from vla_ros.model.compression import distill, predict_batch
 from vla_ros.model.lora import load_any_policy
 from vla_ros.training.config import TrainingError
@@ -66,9 +66,7 @@ def distill_checkpoint(teacher: str | os.PathLike, student: str, data: Sequence[
     ds = EpisodeDataset(episodes)
     rng = np.random.default_rng(seed)
     batches = [ds.batch(rng.integers(0, len(ds), size=batch_size)) for _ in range(num_batches)]
-    cfg = VLAConfig.from_dict(json.loads(Path(student).read_text())) if str(student).endswith(".json") \
-        else load_preset(student)
-    cfg = cfg.replace(chunk_size=t.config.chunk_size, image_size=t.config.image_size)
+    cfg = load_preset(student).replace(chunk_size=t.config.chunk_size, image_size=t.config.image_size)
     seed_globals(seed)
     s = build_policy(cfg, t.interface)
     s.set_normalization_stats({k: v for k, v in t.normalization_stats.items() if v is not None})
