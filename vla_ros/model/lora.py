@@ -47,6 +47,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from vla_ros.cli_fields import refuse_unknown_keys
+
 from .checkpoint import (ADAPTER_CONFIG_FILE, CONFIG_FILE, NORMALIZATION_FILE, CheckpointError,
                          _check_safetensors_header, _read_json, load_policy, read_config, read_normalization,
                          save_policy, tensor_digest, write_config_and_normalization)
@@ -95,10 +97,7 @@ class LoraSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LoraSettings":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown LoRA setting(s) {unknown}; valid: {sorted(names)}")
+        refuse_unknown_keys(cls, data, "LoraSettings")
         return cls(**data)
 
 
@@ -204,9 +203,9 @@ def read_adapter_config(path: Path) -> tuple[dict, LoraSettings]:
     return doc, settings
 
 
-def load_base(path: Path, base: str | os.PathLike | None = None) -> tuple[VLAPolicy, Path, str]:
-    """The base policy an adapted checkpoint names (or ``base``), checked against its digest."""
-    doc, _ = read_adapter_config(path)
+def _load_base(path: Path, doc: dict, base: str | os.PathLike | None = None) -> VLAPolicy:
+    """The base policy the adapted checkpoint at ``path`` (its adapter config ``doc``) names, or
+    ``base``, checked against its digest."""
     expected = doc["base"]["sha256"]
     base_path = Path(base) if base else Path(doc["base"]["path"])
     if not base_path.is_dir():
@@ -219,7 +218,7 @@ def load_base(path: Path, base: str | os.PathLike | None = None) -> tuple[VLAPol
         raise CheckpointError(
             f"adapted checkpoint {str(path)!r} was trained on a base with sha256 {expected}, but "
             f"{str(base_path)!r} has sha256 {found}: the adapters only fit the weights they were trained on")
-    return policy, base_path, found
+    return policy
 
 
 def load_adapted(path: str | os.PathLike, base: str | os.PathLike | None = None, merge: bool = False,
@@ -233,7 +232,7 @@ def load_adapted(path: str | os.PathLike, base: str | os.PathLike | None = None,
     path = Path(path)
     doc, settings = read_adapter_config(path)
     config, interface = read_config(path / CONFIG_FILE)
-    policy, _, _ = load_base(path, base)
+    policy = _load_base(path, doc, base)
     if policy.config != config or policy.interface != interface:
         raise CheckpointError(f"{str(path / CONFIG_FILE)!r} describes another architecture or robot interface than "
                               f"its base: the adapters do not fit it")
