@@ -76,8 +76,9 @@ def add_field_option(parser: argparse._ActionsContainer, cls: type, name: str, *
 
 
 def refuse_unknown_keys(cls, data: dict, what: str, error: type[Exception] = ValueError) -> None:
-    """Raise ``error`` naming the keys of ``data`` that are not fields of dataclass ``cls``."""
-    names = [f.name for f in dataclasses.fields(cls)]
+    """Raise ``error`` naming the keys of ``data`` that are not fields of dataclass ``cls`` (or,
+    for a dict with no dataclass behind it, not among the names ``cls`` lists)."""
+    names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else list(cls)
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise error(f"unknown {what} key(s) {unknown}; valid keys are {sorted(names)}")
