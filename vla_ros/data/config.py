@@ -116,6 +116,12 @@ class DatasetConfig:
         except json.JSONDecodeError as e:
             raise DatasetError(f"{path}: invalid JSON: {e}") from None
 
+    @classmethod
+    def recorded_with(cls, checkpoint: str | os.PathLike) -> "DatasetConfig | None":
+        """The dataset config training saved next to a checkpoint (DATASET_CONFIG_FILE), or None."""
+        path = Path(checkpoint) / DATASET_CONFIG_FILE
+        return cls.load(path) if path.is_file() else None
+
     def cache_key_dict(self) -> dict[str, Any]:
         """The fields that change an episode's arrays (not the filtering flags)."""
         d = self.to_dict()

@@ -30,7 +30,7 @@ import torch
 
 from vla_ros.data.cli import add_dataset_arguments, dataset_config_from_args
 from vla_ros.data.compatibility import check_episodes_fit
-from vla_ros.data.config import DATASET_CONFIG_FILE, CameraTopic, DatasetConfig
+from vla_ros.data.config import CameraTopic, DatasetConfig
 from vla_ros.data.episode import Episode
 from vla_ros.data.episodes import load_episodes
 from vla_ros.model import RobotInterface, VLAConfig, make_generator
@@ -60,8 +60,9 @@ def base_dataset_config(checkpoint: Path, config: VLAConfig, interface: RobotInt
     """The dataset config saved with the checkpoint (dataset_config.json, written by
     training), else the defaults with the policy's camera names (topic /<name>/image_raw),
     state joints, image size and chunk size."""
-    if (checkpoint / DATASET_CONFIG_FILE).is_file():
-        return DatasetConfig.load(checkpoint / DATASET_CONFIG_FILE)
+    recorded = DatasetConfig.recorded_with(checkpoint)
+    if recorded is not None:
+        return recorded
     return DatasetConfig(cameras=[CameraTopic(n, f"/{n}/image_raw") for n in interface.camera_names],
                          state_joint_names=list(interface.state_names), image_size=config.image_size,
                          chunk_size=config.chunk_size)

@@ -10,7 +10,7 @@ from pathlib import Path
 from vla_ros.cli_fields import add_field_option
 from vla_ros.data.cli import add_dataset_arguments, dataset_config_from_args
 from vla_ros.model import load_preset
-from vla_ros.data.config import DATASET_CONFIG_FILE, DatasetConfig
+from vla_ros.data.config import DatasetConfig
 from vla_ros.model.checkpoint import CONFIG_FILE, read_config
 from vla_ros.model.lora import check_qlora_available
 from vla_ros.training.checkpoint import load_training_state
@@ -78,10 +78,8 @@ def run_train_cli(args) -> int:
             base, model = {}, args.config
             model_cfg = read_config(Path(args.init) / CONFIG_FILE)[0] if args.init else load_preset(model)
             # A training checkpoint to fine-tune records its dataset config: the same topics and sizes.
-            init_dataset = Path(args.init or "", DATASET_CONFIG_FILE)
             dataset_config = dataset_config_from_args(
-                args, base=DatasetConfig.load(init_dataset) if args.init and init_dataset.is_file() else None,
-                model_cfg=model_cfg)
+                args, base=DatasetConfig.recorded_with(args.init) if args.init else None, model_cfg=model_cfg)
         base.update(overrides)
         result = train(args.data, out, model_config=model, dataset_config=dataset_config,
                        train_config=TrainConfig.from_dict(base),

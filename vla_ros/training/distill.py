@@ -50,8 +50,7 @@ def distill_checkpoint(teacher: str | os.PathLike, student: str, data: Sequence[
             raise TrainingError(f"{name} must be a positive integer, got {v}")
     t = load_any_policy(teacher)
     if dataset_config is None:
-        recorded = Path(teacher, DATASET_CONFIG_FILE)
-        dataset_config = DatasetConfig.load(recorded) if recorded.is_file() else DatasetConfig(
+        dataset_config = DatasetConfig.recorded_with(teacher) or DatasetConfig(
             image_size=t.config.image_size, chunk_size=t.config.chunk_size)
     episodes = load_episodes([str(Path(p).resolve()) for p in data], dataset_config, cache_dir=cache_dir)
     if not episodes:
@@ -128,8 +127,7 @@ def run_distill_cli(args) -> int:
         print("vla-ros distill: error: --data is required")
         return 1
     try:
-        recorded = Path(args.teacher, DATASET_CONFIG_FILE)
-        base = DatasetConfig.load(recorded) if recorded.is_file() else None
+        base = DatasetConfig.recorded_with(args.teacher)
         teacher_cfg = read_config(Path(args.teacher) / CONFIG_FILE)[0]
         dataset_config = dataset_config_from_args(args, base=base, model_cfg=teacher_cfg)
         metrics = distill_checkpoint(args.teacher, args.student, args.data, args.out, dataset_config,
