@@ -225,6 +225,16 @@ def test_missing_topic_no_instruction_and_corrupt_bag(tmp_path):
         load_episode(bag, cfg)
 
 
+def test_find_bags_expands_quoted_patterns_and_refuses_one_that_matches_nothing(tmp_path):
+    for name in ("episode_000", "episode_001", "episode_010", "other_000"):
+        write_episode(tmp_path / "bags" / name, n_ticks=2)
+    found = find_bags([str(tmp_path / "bags" / "episode_00*"), tmp_path / "bags" / "other_000"])
+    assert [p.name for p in found] == ["episode_000", "episode_001", "other_000"]
+    assert [p.name for p in find_bags(str(tmp_path / "bags" / "episode_0[01]0"))] == ["episode_000", "episode_010"]
+    with pytest.raises(DatasetError, match=r"data pattern .*/bags/nothing_\* matches nothing"):
+        find_bags(str(tmp_path / "bags" / "nothing_*"))
+
+
 def test_many_bags_skip_bad_unsuccessful_and_zero_usable(tmp_path, caplog):
     root = tmp_path / "bags"
     write_episode(root / "ep_a", n_ticks=4)

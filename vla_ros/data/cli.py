@@ -23,8 +23,8 @@ def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
     """Dataset options (None: keep the default)."""
     g = p.add_argument_group("dataset")
     g.add_argument("--data", nargs="+", metavar="BAG_OR_DIR",
-                   help="episode bag directories, directories whose subdirectories are bags, or LeRobotDataset "
-                        "v3.0 directories (meta/info.json)")
+                   help="episode bag directories, directories whose subdirectories are bags, quoted patterns of "
+                        "those ('bags/episode_00*'), or LeRobotDataset v3.0 directories (meta/info.json)")
     g.add_argument("--dataset-config", metavar="JSON", help="DatasetConfig JSON (topics, joints, ...)")
     g.add_argument("--lerobot-mapping", metavar="YAML",
                    help="the cameras, joints and action of the data from a LeRobot mapping (config/lerobot/<name>.yaml "

@@ -9,6 +9,7 @@ and the dataset config, so a second run skips decoding.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -35,13 +36,30 @@ def _is_bag_dir(path: Path) -> bool:
     return any(p.suffix in (".mcap", ".db3") for p in path.iterdir() if p.is_file())
 
 
+def _expand_patterns(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Paths, with shell patterns that name no existing path expanded (sorted); a pattern that
+    matches nothing is an error."""
+    out: list[Path] = []
+    for d in paths:
+        s = str(d)
+        if any(c in s for c in "*?[") and not Path(s).exists():
+            matches = sorted(glob.glob(s))
+            if not matches:
+                raise DatasetError(f"data pattern {s} matches nothing")
+            out += map(Path, matches)
+        else:
+            out.append(Path(s))
+    return out
+
+
 def find_bags(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """Bag directories named by ``paths``: each a bag directory, or a directory whose
-    subdirectories are bags (other subdirectories are ignored). Sorted, without duplicates."""
+    """Bag directories named by ``paths``: each a bag directory, a directory whose
+    subdirectories are bags (other subdirectories are ignored), or a quoted shell pattern
+    (``data/bags/episode_00*``) of those. Sorted, without duplicates."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list[Path] = []
-    for p in map(Path, paths):
+    for p in _expand_patterns(paths):
         if not p.exists():
             raise DatasetError(f"data path {p} does not exist")
         if p.is_file():

@@ -262,23 +262,6 @@ class LeRobotWriter:
         pq.write_table(table, self.root / lr.TASKS_PATH)
 
 
-def _expand(data: Iterable[str | os.PathLike]) -> list[Path]:
-    """Paths, with quoted shell patterns (episode_00*) expanded here."""
-    import glob
-
-    out = []
-    for d in data:
-        s = str(d)
-        if any(c in s for c in "*?[") and not Path(s).exists():
-            matches = sorted(glob.glob(s))
-            if not matches:
-                raise DatasetError(f"data pattern {s} matches nothing")
-            out += [Path(m) for m in matches]
-        else:
-            out.append(Path(s))
-    return out
-
-
 def export_lerobot(data: str | os.PathLike | Iterable[str | os.PathLike], out: str | os.PathLike,
                    mapping: lr.LeRobotMapping | str | None = None, include_failed: bool = False,
                    progress: bool = True, log_line: Callable[[str], None] = print) -> ExportSummary:
@@ -292,7 +275,7 @@ def export_lerobot(data: str | os.PathLike | Iterable[str | os.PathLike], out: s
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DatasetError(f"--out {out} exists and is not empty; export into a new directory")
-    bags = find_bags(_expand([data] if isinstance(data, (str, os.PathLike)) else data))
+    bags = find_bags(data)
     config = mapping.dataset_config(chunk_size=1, image_size=mapping.image_size or 64,
                                     only_successful=not include_failed)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
