@@ -107,6 +107,17 @@ def test_a_broken_paraphrase_table_is_refused_with_its_path_and_the_reason(tmp_p
     assert str(path) in str(err.value)
 
 
+def test_a_paraphrase_table_is_found_by_name_in_the_share_directories(tmp_path, monkeypatch):
+    assert ParaphraseTable.load("sim_tasks") == ParaphraseTable.load(SIM_TABLE)
+    share = tmp_path / "share"
+    (share / "config" / "instructions").mkdir(parents=True)
+    (share / "config" / "instructions" / "mine.json").write_text('{"groups": {"cube": ["cube", "block"]}}')
+    monkeypatch.setenv("VLA_ROS_SHARE", str(share))
+    assert ParaphraseTable.load("mine").groups == {"cube": ["cube", "block"]}
+    with pytest.raises(ParaphraseTableError, match="paraphrase table 'no_such_table' does not exist"):
+        ParaphraseTable.load("no_such_table")
+
+
 def test_embedding_noise_perturbs_training_forward_passes_only():
     enc = PretrainedTextEncoder("", out_dim=16)
     enc.embedding_noise, enc.noise_generator = 0.05, torch.Generator().manual_seed(0)

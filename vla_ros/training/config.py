@@ -30,8 +30,8 @@ class TrainConfig:
     grad_clip: float = 1.0            # max global gradient norm (0: no clipping)
     augment: bool = True              # DrQ random shift
     augment_pad: int = 4              # pixels of replicate padding before the random crop
-    # Paraphrase table (JSON, e.g. config/instructions/sim_tasks.json) that rewrites training
-    # instructions with interchangeable phrases; empty: instructions as recorded.
+    # Paraphrase table (a JSON file, or a name in config/instructions/ such as sim_tasks) that
+    # rewrites training instructions with interchangeable phrases; empty: instructions as recorded.
     instruction_augment: str = ""
     instruction_rewrites: int = 16    # rewrites made (once) per recorded instruction for augmentation
     # Std of Gaussian noise added to the frozen encoder's sentence embedding (unit norm) during

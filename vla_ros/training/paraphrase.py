@@ -33,10 +33,24 @@ from pathlib import Path
 import numpy as np
 
 from vla_ros.cli_fields import refuse_unknown_keys
+from vla_ros.share import share_dirs
 
 
 class ParaphraseTableError(ValueError):
     """A paraphrase table that cannot be used; the message names the file and the field."""
+
+
+def table_path(name_or_path: str | Path) -> Path:
+    """A paraphrase table: a path, or a name in config/instructions/ of the source tree or the
+    installed share directory; a name found nowhere is returned as a path (load reports it)."""
+    p = Path(name_or_path)
+    if p.suffix == ".json" or p.exists() or "/" in str(name_or_path):
+        return p
+    for d in share_dirs():
+        f = d / "config" / "instructions" / f"{p.name}.json"
+        if f.is_file():
+            return f
+    return p
 
 
 @dataclass
@@ -55,7 +69,8 @@ class ParaphraseTable:
 
     @classmethod
     def load(cls, path: str | Path) -> "ParaphraseTable":
-        path = Path(path)
+        """Read a table: a JSON file, or a name in config/instructions/ (``sim_tasks``)."""
+        path = table_path(path)
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
