@@ -84,6 +84,7 @@ def test_save_load_round_trip_merge_equals_adapted(tmp_path):
     doc = json.loads((path / ADAPTER_CONFIG_FILE).read_text())
     assert doc["base"]["sha256"] == base_digest(base) and doc["lora"]["rank"] == 4
     assert not (path / "model.safetensors").exists()
+    assert (path / ADAPTER_FILE).stat().st_mode == (path / "config.json").stat().st_mode  # not 0o600 (safetensors#782)
 
     adapted, tuner = load_adapted(path)  # unmerged: bit-exact round trip
     assert tuner is not None and torch.equal(predict_batch(adapted, batch), before)

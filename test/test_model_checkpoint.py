@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,23 @@ def ckpt(tmp_path):
     policy = build_policy(cfg, ROBOT)
     policy.set_normalization_stats(batch_stats(make_batch(cfg)))
     return save_policy(policy, tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_weights_file_is_as_readable_as_the_json_beside_it(tmp_path, umask):
+    # safetensors 0.8 creates its file 0o600 whatever the umask (safetensors#782): a policy
+    # trained by one user could not be loaded by a node running as another.
+    seed_all(0)
+    cfg = tiny_config(action_head="continuous")
+    policy = build_policy(cfg, ROBOT)
+    policy.set_normalization_stats(batch_stats(make_batch(cfg)))
+    old = os.umask(umask)
+    try:
+        path = save_policy(policy, tmp_path / "ckpt")
+    finally:
+        os.umask(old)
+    mode = lambda name: stat.S_IMODE((path / name).stat().st_mode)  # noqa: E731
+    assert mode("model.safetensors") == mode("config.json") == 0o666 & ~umask
 
 
 @pytest.fixture

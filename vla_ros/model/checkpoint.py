@@ -69,6 +69,32 @@ FORMAT_VERSION = 2  # of config.json: architecture and robot interface apart
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".tar")
 
 
+def _umask() -> int:
+    """The process umask: from /proc (Linux) without changing it, else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], dest: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Write ``tensors`` to ``dest`` atomically (a .tmp beside it, then a rename), readable as any
+    file this process creates (0o666 less the umask). safetensors 0.8 writes through a temporary
+    file created 0o600 (safetensors#782), which would leave a checkpoint that only its trainer can
+    read: a policy node running as another user could not load it."""
+    dest = Path(dest)
+    tmp = dest.with_name(dest.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, dest)
+    return dest
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded exactly as saved."""
 
@@ -171,9 +197,7 @@ def save_policy(policy: VLAPolicy, path: str | os.PathLike) -> Path:
         for k, v in state.items()
         if not any(k.startswith(prefix) for prefix in frozen.values())
     }
-    tmp = path / (MODEL_FILE + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "vla_ros_checkpoint": str(FORMAT_VERSION)})
-    os.replace(tmp, path / MODEL_FILE)
+    write_safetensors(tensors, path / MODEL_FILE, {"format": "pt", "vla_ros_checkpoint": str(FORMAT_VERSION)})
     write_config_and_normalization(policy, path)
     # Re-saving into an existing directory: a stale external_weights.json must not survive.
     if external:

@@ -51,7 +51,7 @@ from vla_ros.cli_fields import refuse_unknown_keys
 
 from .checkpoint import (ADAPTER_CONFIG_FILE, CONFIG_FILE, NORMALIZATION_FILE, CheckpointError,
                          _check_safetensors_header, _read_json, load_policy, read_config, read_normalization,
-                         save_policy, tensor_digest, write_config_and_normalization)
+                         save_policy, tensor_digest, write_config_and_normalization, write_safetensors)
 from .policy import VLAPolicy
 from .transformer import MLP, Attention
 
@@ -157,15 +157,12 @@ def save_adapted(policy: VLAPolicy, path: str | os.PathLike, settings: LoraSetti
                  base_sha256: str, base_num_tensors: int, base_num_parameters: int) -> Path:
     """Write an adapted checkpoint (layout in the module docstring); returns its path."""
     import peft
-    from safetensors.torch import save_file
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     targets = sorted(name.removesuffix(".base_layer") for name, m in policy.named_modules()
                      if name.endswith(".base_layer"))
-    tmp = path / (ADAPTER_FILE + ".tmp")
-    save_file(adapter_tensors(policy, settings), str(tmp), metadata={"format": "pt", "vla_ros_adapter": "1"})
-    os.replace(tmp, path / ADAPTER_FILE)
+    write_safetensors(adapter_tensors(policy, settings), path / ADAPTER_FILE, {"format": "pt", "vla_ros_adapter": "1"})
     doc = {
         "format_version": ADAPTER_FORMAT,
         "peft_version": peft.__version__,

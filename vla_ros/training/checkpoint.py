@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vla_ros.data.config import DATASET_CONFIG_FILE, DatasetConfig
-from vla_ros.model.checkpoint import save_policy
+from vla_ros.model.checkpoint import save_policy, write_safetensors
 from vla_ros.model.policy import VLAPolicy
 from vla_ros.training.config import TrainingError
 
@@ -62,8 +62,6 @@ def save_training_checkpoint(path: Path, policy: VLAPolicy, optimizer: torch.opt
                              save_model: Callable[[VLAPolicy, Path], Any] = save_policy) -> None:
     """A policy checkpoint (``save_model``: a plain or an adapted one) plus everything needed to
     continue training, written atomically."""
-    from safetensors.torch import save_file
-
     def fill(tmp: Path) -> None:
         save_model(policy, tmp)
         dataset_config.save(tmp / DATASET_CONFIG_FILE)
@@ -78,7 +76,7 @@ def save_training_checkpoint(path: Path, policy: VLAPolicy, optimizer: torch.opt
                     scalars[f"{pid}.{key}"] = value
         for name, t in rng_tensors.items():
             tensors[f"rng.{name}"] = t.detach().to("cpu").contiguous().clone()
-        save_file(tensors, str(tmp / TRAINING_STATE_TENSORS), metadata={"format": "vla_ros_training_state"})
+        write_safetensors(tensors, tmp / TRAINING_STATE_TENSORS, {"format": "vla_ros_training_state"})
         groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]]
         state = dict(meta, format_version=STATE_FORMAT, optimizer_param_groups=groups, optimizer_scalars=scalars)
         (tmp / TRAINING_STATE_JSON).write_text(json.dumps(state, indent=1, default=json_default) + "\n",
