@@ -31,7 +31,7 @@ smoke: setup  ## start the policy node with the tiny model and show it commandin
 # shipped. One thread: a 2-thread run slows down several-fold when anything else wants a core.
 DEMO_BAGS := data/demo_bags
 DEMO_RUN := data/train_demo
-train-demo: setup  ## collect expert demonstrations in the sim and train checkpoints/sim_demo (about 45 min on 2 quiet cores)
+train-demo: setup  ## collect expert demonstrations in the sim and train checkpoints/sim_demo (50 min on 2 cores, measured)
 	@$(ENV) && if [ ! -f $(DEMO_BAGS)/collect_summary.json ]; then \
 	  vla-ros collect --out $(DEMO_BAGS) --episodes 700 --seed 1000 --workers 2; fi
 	@$(ENV) && OMP_NUM_THREADS=1 vla-ros train --data $(DEMO_BAGS) --config sim_demo --out $(DEMO_RUN) \
