@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -187,7 +188,8 @@ def test_cli_train_lora_resume_and_merge(tmp_path, capsys):
     assert "need init" in capsys.readouterr().out
 
 
-def test_full_fine_tuning_starts_from_the_init_weights_and_statistics(tmp_path):
+@pytest.mark.parametrize("how", ["union", "init", "data"])
+def test_full_fine_tuning_starts_from_the_init_weights_with_the_chosen_statistics(tmp_path, how):
     from test_training import learnable_bags
 
     bags = learnable_bags(tmp_path / "bags", n=3)
@@ -195,10 +197,9 @@ def test_full_fine_tuning_starts_from_the_init_weights_and_statistics(tmp_path):
               "--val-fraction", "0", "--no-progress", "--seed", "0", "--cache-dir", str(tmp_path / "cache")]
     assert cli_main(["train", "--out", str(tmp_path / "base_run"), "--steps", "2", *common]) == 0
     base_dir = tmp_path / "base_run" / "last"
-    # Other statistics than the base's: the fine-tuned policy must keep the base's anyway.
     more = learnable_bags(tmp_path / "more", n=2)
     ft_args = ["train", "--init", str(base_dir), "--out", str(tmp_path / "ft"), "--steps", "1", "--lr", "1e-9",
-               *common[2:], "--data", str(more)]
+               *common[2:], "--data", str(more), "--init-normalization", how]
     assert cli_main(ft_args) == 0
     base, tuned = load_policy(base_dir), load_policy(tmp_path / "ft" / "last")
     from vla_ros.data.config import DatasetConfig
@@ -206,7 +207,29 @@ def test_full_fine_tuning_starts_from_the_init_weights_and_statistics(tmp_path):
     from vla_ros.data.torch_dataset import compute_dataset_stats
 
     own = compute_dataset_stats(load_episodes([str(more)], DatasetConfig.load(base_dir / "dataset_config.json")))
-    assert own["action"].to_dict() != base.normalization_stats["action"].to_dict()
-    assert tuned.normalization_stats["action"].to_dict() == base.normalization_stats["action"].to_dict()
+    for key in ("action", "state"):
+        b, o, t = base.normalization_stats[key], own[key], tuned.normalization_stats[key]
+        assert o.to_dict() != b.to_dict()  # other data: the choice matters
+        want = {"init": b, "data": o, "union": b.widened(o)}[how]
+        for field, value in want.to_dict().items():
+            np.testing.assert_allclose(getattr(t, field), value, rtol=1e-6, atol=1e-9, err_msg=f"{key}.{field}")
     a, b = base.state_dict(), tuned.state_dict()
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-5  # one step at lr 1e-9
+
+
+def test_widened_statistics_cover_both_ranges_and_keep_the_init_units_where_the_data_fits():
+    from vla_ros.model.normalization import FeatureNormalizer, FeatureStats
+
+    init = FeatureStats(mean=[0.0, 0.0], std=[1.0, 1.0], min=[-0.02, -1.0], max=[0.02, 0.003],
+                        q01=[-0.01, -0.9], q99=[0.01, 0.002], count=100)
+    lift = FeatureStats(mean=[0.0, 0.01], std=[0.5, 0.01], min=[-0.005, -0.5], max=[0.005, 0.03],
+                        q01=[-0.004, -0.4], q99=[0.004, 0.02], count=10)  # dim 1 goes up to 0.02: a lift
+    wide = init.widened(lift)
+    assert wide.q01 == [-0.01, -0.9] and wide.q99 == [0.01, 0.02] and wide.max == [0.02, 0.03]
+    assert wide.mean == init.mean and wide.std == init.std and wide.count == init.count
+    clipped, kept = (FeatureNormalizer(2, "quantile", stats=s) for s in (init, wide))
+    up = torch.tensor([[0.005, 0.02]])
+    assert clipped.unnormalize(clipped.normalize(up))[0, 1].item() == pytest.approx(0.002, abs=1e-6)  # the lift clipped away
+    torch.testing.assert_close(kept.unnormalize(kept.normalize(up)), up)  # and kept
+    with pytest.raises(ValueError, match="cannot widen statistics of 2 dimensions by 3"):
+        init.widened(FeatureStats(*[[0.0] * 3] * 6))

@@ -49,6 +49,16 @@ class FeatureStats:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def widened(self, other: "FeatureStats") -> "FeatureStats":
+        """These statistics with each range (min, max, q01, q99) widened, per dimension, to cover
+        ``other``'s; mean and std stay (mean_std normalization does not clip, so it needs no
+        widening). Where ``other`` lies inside this range, nothing changes."""
+        if other.dim != self.dim:
+            raise ValueError(f"cannot widen statistics of {self.dim} dimensions by {other.dim}")
+        return dataclasses.replace(
+            self, min=np.minimum(self.min, other.min).tolist(), max=np.maximum(self.max, other.max).tolist(),
+            q01=np.minimum(self.q01, other.q01).tolist(), q99=np.maximum(self.q99, other.q99).tolist())
+
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureStats":
         names = {f.name for f in dataclasses.fields(cls)}

@@ -14,7 +14,7 @@ from vla_ros.data.config import DatasetConfig
 from vla_ros.model.checkpoint import CONFIG_FILE, read_config
 from vla_ros.model.lora import check_qlora_available
 from vla_ros.training.checkpoint import load_training_state
-from vla_ros.training.config import TrainConfig
+from vla_ros.training.config import INIT_NORMALIZATION, TrainConfig
 from vla_ros.training.loop import train
 
 
@@ -33,6 +33,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     f = p.add_argument_group("fine-tuning (LoRA / QLoRA adapters; README 'Fine-tuning')")
     add_field_option(f, TrainConfig, "init", metavar="CHECKPOINT")
+    add_field_option(f, TrainConfig, "init_normalization", choices=INIT_NORMALIZATION)
     f.add_argument("--lora", action="store_true", help="train LoRA adapters over the --init checkpoint (peft); "
                    "checkpoints hold the adapters and the base's sha256")
     f.add_argument("--qlora", action="store_true", help="LoRA over a 4-bit NF4 base (bitsandbytes, bf16 compute); "
@@ -48,7 +49,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 _TRAIN_ARG_FIELDS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "instruction_augment",
                      "instruction_rewrites", "instruction_noise", "val_fraction", "val_every", "checkpoint_every",
                      "log_every", "seed", "threads", "device")
-_FINETUNE_FIELDS = ("init", "lora_rank", "lora_alpha", "lora_dropout", "lora_parts", "lora_target_modules")
+_FINETUNE_FIELDS = ("init", "init_normalization", "lora_rank", "lora_alpha", "lora_dropout", "lora_parts", "lora_target_modules")
 
 
 def run_train_cli(args) -> int:

@@ -14,6 +14,9 @@ class TrainingError(ValueError):
     """A run that cannot start or resume; the message says why."""
 
 
+INIT_NORMALIZATION = ("union", "init", "data")
+
+
 @dataclass
 class TrainConfig:
     """Optimization and bookkeeping of one training run."""
@@ -46,9 +49,14 @@ class TrainConfig:
     threads: int = 0                  # torch intra-op threads (0: torch's default)
     device: str = "cpu"               # "cpu", "cuda", "cuda:N" or "auto"
     progress: bool = True             # tqdm progress bar
-    # Policy checkpoint to start from (fine-tuning): its architecture, robot interface, weights
-    # and normalization statistics; empty: a new policy from the model config.
+    # Policy checkpoint to start from (fine-tuning): its architecture, robot interface and
+    # weights (statistics: init_normalization); empty: a new policy from the model config.
     init: str = ""
+    # With init, the fine-tuned policy's normalization statistics. union: the init's, with the
+    # ranges widened on each dimension where the new data goes beyond them (elsewhere the init's
+    # units stay; an action the init never made, e.g. a lift, is not clipped away); init: the
+    # init's unchanged; data: the new data's alone.
+    init_normalization: str = "union"
     # Train LoRA adapters (model/lora.py) on top of the init checkpoint instead of every weight.
     lora: bool = False
     lora_rank: int = 8                # LoRA rank r
@@ -83,6 +91,9 @@ class TrainConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction!r}")
         self.betas = [float(b) for b in self.betas]
+        if self.init_normalization not in INIT_NORMALIZATION:
+            raise ValueError(f"TrainConfig.init_normalization must be one of {list(INIT_NORMALIZATION)}, "
+                             f"got {self.init_normalization!r}")
         if (self.lora or self.qlora) and not self.init:
             raise ValueError("TrainConfig.lora / qlora need init: the checkpoint the adapters fine-tune (--init)")
         if self.lora or self.qlora:

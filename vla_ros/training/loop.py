@@ -27,6 +27,8 @@ from vla_ros.data.episodes import load_episodes, split_episodes
 from vla_ros.data.torch_dataset import EpisodeDataset
 from vla_ros.model import RobotInterface, VLAConfig, build_policy, load_policy
 from vla_ros.model.checkpoint import CONFIG_FILE, read_config, save_policy
+from vla_ros.model.normalization import FeatureStats
+from vla_ros.model.policy import VLAPolicy
 from vla_ros.model.lora import (apply_lora, base_digest, check_qlora_available, count_trainable,
                                 load_adapter_weights, load_any_policy, lora_target_names, quantize_targets_nf4,
                                 read_adapter_config, save_adapted)
@@ -172,6 +174,39 @@ def _episodes(data, dataset_config: DatasetConfig, cache_dir) -> tuple[list[str]
     return data_paths, load_episodes(data_paths, dataset_config, cache_dir=cache_dir)
 
 
+def init_normalization(policy: VLAPolicy, data: dict[str, FeatureStats | None],
+                       how: str) -> dict[str, FeatureStats | None]:
+    """The statistics a policy fine-tuned from ``policy`` on data with statistics ``data`` uses
+    (TrainConfig.init_normalization), logging the dimensions where the data leaves the init's range."""
+    init = policy.normalization_stats
+    names = {"action": policy.interface.action_names, "state": policy.interface.state_names}
+    out: dict[str, FeatureStats | None] = {}
+    for key, base in init.items():
+        new = data.get(key)
+        if base is None or new is None or how == "data":
+            out[key] = new if how == "data" or base is None else base
+            continue
+        skip = set(policy.config.unnormalized_names)  # used as recorded: their ranges do not matter
+        outside = [f"{n} ({_beyond(base, new, i):+.0%} of its range)" for i, n in enumerate(names[key])
+                   if n not in skip and _beyond(base, new, i) > 1e-6]
+        if how == "union":
+            out[key] = base.widened(new)
+            if outside:
+                log.info("fine-tuning: the data's %s goes beyond the init's range on %s: widened there "
+                         "(--init-normalization union)", key, ", ".join(outside))
+        else:
+            out[key] = base
+            if outside:
+                log.warning("fine-tuning: the data's %s goes beyond the init's range on %s, where the init's "
+                            "statistics clip it (--init-normalization init; union widens them)", key, ", ".join(outside))
+    return out
+
+
+def _beyond(base: FeatureStats, new: FeatureStats, i: int) -> float:
+    """How far the new data's [q01, q99] on dimension i reaches past the base's, as a share of its width."""
+    return max(base.q01[i] - new.q01[i], new.q99[i] - base.q99[i], 0.0) / max(base.q99[i] - base.q01[i], 1e-6)
+
+
 class _Run:
     """One run's policy, optimizer, random streams, step and best validation loss."""
 
@@ -191,12 +226,13 @@ class _Run:
         self.lora = cfg.lora_settings() if (cfg.lora or cfg.qlora) else None
         self.base: dict[str, Any] | None = None
         if cfg.init:
-            # The base's normalization statistics stay: its weights (and adapters over them)
-            # expect actions and states in its units.
             self.policy = load_any_policy(cfg.init)
             self.base = {"base_path": cfg.init, "base_sha256": base_digest(self.policy),
                          "base_num_tensors": len(self.policy.state_dict()),
                          "base_num_parameters": self.policy.num_parameters()}
+            # A function of the init and the training split: a resumed run computes the same.
+            self.policy.set_normalization_stats(
+                init_normalization(self.policy, train_ds.stats(), cfg.init_normalization))
         else:
             self.policy = build_policy(plan.model_config, plan.interface)
             self.policy.set_normalization_stats(train_ds.stats())
