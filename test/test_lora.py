@@ -182,6 +182,15 @@ def test_cli_train_lora_resume_and_merge(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(["merge", "--checkpoint", str(last), "--out", str(tmp_path / "merged")]) == 0
     assert (tmp_path / "merged" / "model.safetensors").is_file()
+    # Open-loop evaluation takes the adapted run (its best/ or last/) as it takes a plain one,
+    # and predicts what the merged checkpoint predicts.
+    for ckpt, out in ((tmp_path / "lora", "ol_adapted"), (tmp_path / "merged", "ol_merged")):
+        assert cli_main(["eval-open-loop", "--checkpoint", str(ckpt), "--data", str(bags), "--out",
+                         str(tmp_path / out), "--no-plots", "--threads", "1"]) == 0
+    reports = [json.loads((tmp_path / out / "report.json").read_text()) for out in ("ol_adapted", "ol_merged")]
+    assert reports[0]["num_frames"] == reports[1]["num_frames"] > 0
+    for name, mae in reports[0]["first_action"]["mae"].items():
+        assert mae == pytest.approx(reports[1]["first_action"]["mae"][name], abs=1e-5), name
     assert cli_main(["merge", "--checkpoint", str(base), "--out", str(tmp_path / "m2")]) == 1
     assert "not an adapted checkpoint" in capsys.readouterr().out
     assert cli_main(["train", "--lora", "--out", str(tmp_path / "no_init"), *common]) == 1

@@ -35,7 +35,7 @@ from vla_ros.data.episode import Episode
 from vla_ros.data.episodes import load_episodes
 from vla_ros.model import RobotInterface, VLAConfig, make_generator
 from vla_ros.model.lora import load_any_policy
-from vla_ros.model.checkpoint import CONFIG_FILE, MODEL_FILE, read_config
+from vla_ros.model.checkpoint import ADAPTER_CONFIG_FILE, CONFIG_FILE, MODEL_FILE, read_config
 from vla_ros.model.device import resolve_device
 from vla_ros.model.policy import VLAPolicy
 
@@ -45,15 +45,17 @@ REPORT_FILE = "report.json"
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A policy checkpoint directory, or a training output directory (its best/, else last/)."""
+    """A policy checkpoint directory (plain, or adapted: LoRA), or a training output directory
+    (its best/, else last/)."""
     p = Path(path)
-    if (p / MODEL_FILE).is_file():
+    is_checkpoint = lambda d: (d / MODEL_FILE).is_file() or (d / ADAPTER_CONFIG_FILE).is_file()  # noqa: E731
+    if is_checkpoint(p):
         return p
     for sub in ("best", "last"):
-        if (p / sub / MODEL_FILE).is_file():
+        if is_checkpoint(p / sub):
             return p / sub
-    raise FileNotFoundError(f"{p} is neither a policy checkpoint (no {MODEL_FILE}) nor a training output "
-                            f"directory with best/ or last/")
+    raise FileNotFoundError(f"{p} is neither a policy checkpoint (no {MODEL_FILE} or {ADAPTER_CONFIG_FILE}) nor "
+                            f"a training output directory with best/ or last/")
 
 
 def base_dataset_config(checkpoint: Path, config: VLAConfig, interface: RobotInterface) -> DatasetConfig:
