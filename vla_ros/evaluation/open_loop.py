@@ -34,7 +34,7 @@ from vla_ros.data.config import CameraTopic, DatasetConfig
 from vla_ros.data.episode import Episode
 from vla_ros.data.episodes import load_episodes
 from vla_ros.model import RobotInterface, VLAConfig, make_generator
-from vla_ros.model.lora import load_any_policy
+from vla_ros.model.lora import is_adapted_checkpoint, load_any_policy
 from vla_ros.model.checkpoint import ADAPTER_CONFIG_FILE, CONFIG_FILE, MODEL_FILE, read_config
 from vla_ros.model.device import resolve_device
 from vla_ros.model.policy import VLAPolicy
@@ -48,7 +48,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A policy checkpoint directory (plain, or adapted: LoRA), or a training output directory
     (its best/, else last/)."""
     p = Path(path)
-    is_checkpoint = lambda d: (d / MODEL_FILE).is_file() or (d / ADAPTER_CONFIG_FILE).is_file()  # noqa: E731
+    is_checkpoint = lambda d: (d / MODEL_FILE).is_file() or is_adapted_checkpoint(d)  # noqa: E731
     if is_checkpoint(p):
         return p
     for sub in ("best", "last"):

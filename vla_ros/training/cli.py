@@ -49,7 +49,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 _TRAIN_ARG_FIELDS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "instruction_augment",
                      "instruction_rewrites", "instruction_noise", "val_fraction", "val_every", "checkpoint_every",
                      "log_every", "seed", "threads", "device")
-_FINETUNE_FIELDS = ("init", "init_normalization", "lora_rank", "lora_alpha", "lora_dropout", "lora_parts", "lora_target_modules")
+_FINETUNE_FIELDS = ("init", "init_normalization", "lora_rank", "lora_alpha", "lora_dropout", "lora_parts",
+                    "lora_target_modules")
 
 
 def run_train_cli(args) -> int:

@@ -181,14 +181,14 @@ def init_normalization(policy: VLAPolicy, data: dict[str, FeatureStats | None],
     init = policy.normalization_stats
     names = {"action": policy.interface.action_names, "state": policy.interface.state_names}
     out: dict[str, FeatureStats | None] = {}
+    skip = set(policy.config.unnormalized_names)  # used as recorded: their ranges do not matter
     for key, base in init.items():
         new = data.get(key)
         if base is None or new is None or how == "data":
-            out[key] = new if how == "data" or base is None else base
+            out[key] = base if new is None else new
             continue
-        skip = set(policy.config.unnormalized_names)  # used as recorded: their ranges do not matter
-        outside = [f"{n} ({_beyond(base, new, i):+.0%} of its range)" for i, n in enumerate(names[key])
-                   if n not in skip and _beyond(base, new, i) > 1e-6]
+        beyond = {n: _beyond(base, new, i) for i, n in enumerate(names[key]) if n not in skip}
+        outside = [f"{n} ({b:+.0%} of its range)" for n, b in beyond.items() if b > 1e-6]
         if how == "union":
             out[key] = base.widened(new)
             if outside:
