@@ -102,3 +102,56 @@ def test_distill_rejects_incompatible_pairs():
         distill(teacher, build_policy(tiny_config(chunk_size=5), ROBOT), [make_batch(tiny_config())], steps=1)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         distill(teacher, build_policy(tiny_config(), ROBOT), [make_batch(tiny_config())], steps=1, temperature=0)
+
+
+@pytest.mark.parametrize("teacher_head,passes_per_step", [("continuous", False), ("flow", True)])
+def test_distill_runs_a_deterministic_teacher_once_per_batch_and_shifts_only_student_images(
+        teacher_head, passes_per_step):
+    t_cfg = tiny_config(action_head=teacher_head, d_model=32, num_heads=2)
+    batches = [make_batch(t_cfg, batch_size=4, seed=s) for s in range(3)]
+    teacher = _trained(t_cfg, batches[0], steps=5)
+    seen: list[int] = []
+    encode = teacher.encode
+
+    def counting_encode(images, instructions, state):  # the real forward, counted
+        seen.append(images.shape[0])
+        return encode(images, instructions, state)
+
+    teacher.encode = counting_encode
+    shifted: list[torch.Tensor] = []
+
+    def augment(images, generator):
+        out = torch.roll(images, shifts=int(torch.randint(1, 3, (1,), generator=generator)), dims=-1)
+        shifted.append(out)
+        return out
+
+    seed_all(1)
+    student = build_policy(tiny_config(action_head="continuous", d_model=16, num_heads=2), ROBOT)
+    metrics = distill(teacher, student, batches, steps=7, augment=augment)
+    # A continuous teacher's labels are fixed: computed once per batch; a flow teacher samples anew.
+    assert metrics["teacher_passes"] == (7 if passes_per_step else 3)
+    assert len(seen) >= metrics["teacher_passes"]  # then action_l1 / compare_outputs call it too
+    # The student's images (and only those) went through the augmentation, once per step.
+    assert len(shifted) == 7 and all(x.shape == batches[0]["images"].shape for x in shifted)
+
+
+def test_distill_counts_a_frozen_text_backbone_apart_and_encodes_each_instruction_once(tmp_path):
+    pytest.importorskip("transformers")
+    make_tiny_bert(tmp_path)
+    cfg = tiny_config(language_encoder="pretrained", language_model_path=str(tmp_path), action_head="continuous",
+                      d_model=32, num_heads=2)
+    batches = [make_batch(cfg, batch_size=4, seed=s) for s in range(2)]
+    teacher = _trained(cfg, batches[0], steps=3)
+    seed_all(1)
+    student = build_policy(cfg.replace(d_model=16), ROBOT)
+    backbone = sum(p.numel() for p in student.language.backbone.parameters())
+    teacher.language.clear_cache()
+    teacher.language.num_encoder_calls = 0
+    metrics = distill(teacher, student, batches, steps=4)
+    assert metrics["student_frozen_params"] == backbone == metrics["teacher_frozen_params"]
+    assert metrics["student_params"] == student.num_parameters() - backbone
+    assert metrics["compression_ratio"] == pytest.approx(metrics["teacher_params"] / metrics["student_params"])
+    assert metrics["compression_ratio"] > 1.5
+    # Both encoders encoded the batches' instructions once, before the loop, not per step.
+    distinct = {s for b in batches for s in b["instructions"]}
+    assert teacher.language.num_encoder_calls == student.language.num_encoder_calls == -(-len(distinct) // 256)

@@ -17,15 +17,14 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import warnings
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decoders import DiscreteActionHead
+from .decoders import DiscreteActionHead, FlowMatchingHead
 from .language import PretrainedTextEncoder
 from .policy import VLAPolicy, make_generator
 
@@ -153,6 +152,19 @@ def action_l1(policy: VLAPolicy, batches: Iterable[dict[str, Any]], seed: int = 
 
 
 # ------------------------------------------------------------------------------ distillation
+def _own_parameters(policy: VLAPolicy) -> int:
+    """Parameters of the policy less its frozen pretrained towers (text backbone, frozen vision
+    tower): those are the same for every policy built with them."""
+    frozen = sum(p.numel() for m in policy.pretrained_modules().values() for p in m.parameters()
+                 if not p.requires_grad)
+    return policy.num_parameters() - frozen
+
+
+def _instruction_list(batch: dict[str, Any]) -> list[str]:
+    instructions = batch["instructions"]
+    return [instructions] if isinstance(instructions, str) else list(instructions)
+
+
 def _same_stats(a, b) -> bool:
     return a is None or b is None or a.to_dict() == b.to_dict()
 
@@ -166,14 +178,21 @@ def distill(
     lr: float = 1e-3,
     alpha: float = 0.0,
     seed: int = 0,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Distill ``teacher`` into ``student`` (in place) on ``batches`` (cycled), return metrics.
 
     Both must share the robot interface (action/state/camera names, chunk size); image
     sizes may differ. The student adopts the teacher's normalization statistics when it
     has none. ``alpha`` > 0 adds that weight of the student's ordinary loss on the
-    ground-truth actions. Metrics: distillation loss at the first and last step, the
-    parameter counts, and the accuracy cost on the batches: L1 to the ground truth of the
+    ground-truth actions. ``augment(images, generator)`` (e.g. DrQ random shift) is applied
+    to the student's images only: the teacher labels the clean frames, as recorded actions
+    label them in training. A continuous or discrete teacher's labels of a batch never
+    change, so it runs once per batch (its targets are kept); a flow teacher samples a new
+    chunk at every pass, as it does on the robot. Metrics: distillation loss at the first
+    and last step, the parameter counts (the policy's own: frozen pretrained towers are
+    counted apart, since every policy built with them carries the same), the teacher's
+    forward passes, and the accuracy cost on the batches: L1 to the ground truth of the
     teacher and of the student (robot units) and student-vs-teacher L1.
     """
     tc, sc = teacher.config, student.config
@@ -192,8 +211,14 @@ def distill(
             raise ValueError(f"teacher and student have different {k} normalization statistics")
     student.set_normalization_stats({k: v for k, v in t_stats.items() if v is not None and s_stats[k] is None})
 
+    # Every instruction through each frozen text encoder once, in fixed chunks, before the loop.
+    strings = [s for batch in batches for s in _instruction_list(batch)]
+    for policy in (teacher, student):
+        if isinstance(policy.language, PretrainedTextEncoder):
+            policy.language.preencode(strings)
     gen = make_generator(seed, student.device)
     t_gen = make_generator(seed + 1, teacher.device)
+    aug_gen = make_generator(seed + 2, "cpu")
     teacher.eval()
     student.train()
     params = [p for p in student.parameters() if p.requires_grad]
@@ -201,22 +226,34 @@ def distill(
     kl_mode = isinstance(teacher.head, DiscreteActionHead) and isinstance(student.head, DiscreteActionHead) and (
         tc.num_bins == sc.num_bins
     )
+    keep_targets = not isinstance(teacher.head, FlowMatchingHead)
+    targets: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
+    teacher_passes = 0
     history = []
-    for step, batch in zip(range(steps), itertools.cycle(batches)):
-        with torch.no_grad():
-            t_img, instr, t_state = _inputs(teacher, batch)
-            t_fused = teacher.encode(t_img, instr, t_state)
-            t_logits = teacher.head.logits(t_fused).float() if kl_mode else None
-            t_chunk = teacher.decode(t_fused, t_gen).float()  # (B, H, D) normalized
-            t_chunk = t_chunk.to(student.device)
+    for step in range(steps):
+        i = step % len(batches)
+        batch = batches[i]
+        if i in targets:
+            t_logits, t_chunk = targets[i]
+        else:
+            with torch.no_grad():
+                t_img, instr, t_state = _inputs(teacher, batch)
+                t_fused = teacher.encode(t_img, instr, t_state)
+                t_logits = teacher.head.logits(t_fused).float().to(student.device) if kl_mode else None
+                t_chunk = teacher.decode(t_fused, t_gen).float().to(student.device)  # (B, H, D) normalized
+            teacher_passes += 1
+            if keep_targets:
+                targets[i] = (t_logits, t_chunk)
         s_img, instr, s_state = _inputs(student, batch)
+        if augment is not None:
+            s_img = augment(s_img, aug_gen)
         s_fused = student.encode(s_img, instr, s_state)
         if kl_mode:
             # Hinton et al.: KL(softmax(t/T) || softmax(s/T)) * T^2 keeps gradient scale ~T-free.
             s_logits = student.head.logits(s_fused).float()
             T = temperature
             loss = F.kl_div(
-                F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits.to(s_logits.device) / T, -1),
+                F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1),
                 reduction="none", log_target=True,
             ).sum(-1).mean() * T * T
         else:
@@ -242,9 +279,12 @@ def distill(
         "temperature": temperature,
         "distill_loss_first": history[0] if history else float("nan"),
         "distill_loss_last": history[-1] if history else float("nan"),
-        "teacher_params": teacher.num_parameters(),
-        "student_params": student.num_parameters(),
-        "compression_ratio": teacher.num_parameters() / max(1, student.num_parameters()),
+        "teacher_params": _own_parameters(teacher),
+        "student_params": _own_parameters(student),
+        "compression_ratio": _own_parameters(teacher) / max(1, _own_parameters(student)),
+        "teacher_frozen_params": teacher.num_parameters() - _own_parameters(teacher),
+        "student_frozen_params": student.num_parameters() - _own_parameters(student),
+        "teacher_passes": teacher_passes,
         "teacher_l1": t_l1,
         "student_l1": s_l1,
         "accuracy_cost_l1": s_l1 - t_l1,

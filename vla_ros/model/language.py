@@ -171,6 +171,17 @@ class PretrainedTextEncoder(nn.Module):
                 self._cache.popitem(last=False)
         return fresh
 
+    def preencode(self, instructions: list[str], chunk: int = 256) -> int:
+        """Fill the cache with every distinct instruction, ``chunk`` at a time in first-seen order,
+        growing it to hold them all; returns how many there are. Training and distillation call
+        it once, so each string is encoded once and with the same numerics in every run (an
+        embedding depends slightly on the padding of the batch it was encoded in)."""
+        strings = list(dict.fromkeys(instructions))
+        self.cache_size = max(self.cache_size, len(strings) + 1024)
+        for i in range(0, len(strings), chunk):
+            self.encode(strings[i:i + chunk])
+        return len(strings)
+
     def encode(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw frozen embeddings: tokens (B, L, hidden), valid (B, L), sentence (B, hidden)."""
         keys = [_clean(t) for t in instructions]

@@ -5,8 +5,9 @@ towards the teacher's sampled chunks).
 The student is built from a preset (or VLAConfig JSON) with the teacher's robot interface,
 chunk size and image size (both see the same frames), and adopts the teacher's normalization
 statistics. Batches are sampled once, uniformly with replacement (seeded), from the episodes
-and cycled. Writes the student as a plain checkpoint plus ``dataset_config.json`` and
-``distill_metrics.json`` (compression.distill's metrics and the per-frame latency of both).
+and cycled; the student sees them with training's DrQ random shift (``--augment-pad``). Writes
+the student as a plain checkpoint plus ``dataset_config.json`` and ``distill_metrics.json``
+(compression.distill's metrics and the per-frame latency of both).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from vla_ros.data.torch_dataset import EpisodeDataset
 from vla_ros.model import build_policy, load_preset, save_policy
 from vla_ros.model.compression import distill, predict_batch
 from vla_ros.model.lora import load_any_policy
+from vla_ros.training.augment import random_shift
 from vla_ros.training.config import TrainingError
 from vla_ros.training.rng import seed_globals
 
@@ -39,7 +41,8 @@ METRICS_FILE = "distill_metrics.json"
 def distill_checkpoint(teacher: str | os.PathLike, student: str, data: Sequence[str | os.PathLike],
                        out: str | os.PathLike, dataset_config: DatasetConfig | None = None, steps: int = 500,
                        batch_size: int = 32, num_batches: int = 64, lr: float = 1e-3, temperature: float = 2.0,
-                       alpha: float = 0.0, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                       alpha: float = 0.0, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                       augment_pad: int = 4) -> dict[str, Any]:
     """Distill the teacher checkpoint into a new ``student`` (preset name or VLAConfig JSON);
     returns the metrics written to ``out/distill_metrics.json``."""
     out = Path(out)
@@ -48,6 +51,8 @@ def distill_checkpoint(teacher: str | os.PathLike, student: str, data: Sequence[
     for name, v in (("steps", steps), ("batch_size", batch_size), ("num_batches", num_batches)):
         if v < 1:
             raise TrainingError(f"{name} must be a positive integer, got {v}")
+    if augment_pad < 0:
+        raise TrainingError(f"augment_pad must be >= 0, got {augment_pad}")
     t = load_any_policy(teacher)
     if dataset_config is None:
         dataset_config = DatasetConfig.recorded_with(teacher) or DatasetConfig(
@@ -72,12 +77,15 @@ def distill_checkpoint(teacher: str | os.PathLike, student: str, data: Sequence[
     log.info("distilling %s (%d parameters) into %s (%d parameters) on %d frames of %d episodes", teacher,
              t.num_parameters(), student, s.num_parameters(), len(ds), len(episodes))
     t0 = time.perf_counter()
-    metrics = distill(t, s, batches, steps=steps, temperature=temperature, lr=lr, alpha=alpha, seed=seed)
+    augment = (lambda images, gen: random_shift(images, augment_pad, gen)) if augment_pad else None
+    metrics = distill(t, s, batches, steps=steps, temperature=temperature, lr=lr, alpha=alpha, seed=seed,
+                      augment=augment)
     metrics["wall_s"] = round(time.perf_counter() - t0, 3)
     one = {k: v[:1] for k, v in batches[0].items()}
     metrics["teacher_ms_per_frame"] = _latency_ms(t, one)
     metrics["student_ms_per_frame"] = _latency_ms(s, one)
-    metrics.update(teacher=str(teacher), student=str(student), num_frames=len(ds), num_episodes=len(episodes))
+    metrics.update(teacher=str(teacher), student=str(student), num_frames=len(ds), num_episodes=len(episodes),
+                   augment_pad=augment_pad)
     save_policy(s, out)
     dataset_config.save(out / DATASET_CONFIG_FILE)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
@@ -111,7 +119,11 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, default=0.0,
                    help="weight of the student's loss on the recorded actions, added to the distillation loss "
                         "(default 0)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the batches and the student's init (default 0)")
+    g.add_argument("--augment-pad", type=int, default=4,
+                   help="DrQ random shift of the student's images by up to this many pixels, as in training; the "
+                        "teacher labels the unshifted frames (0: off; default 4)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the batches, the student's init and the image shifts (default 0)")
     g.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
 
 
@@ -133,12 +145,15 @@ def run_distill_cli(args) -> int:
         metrics = distill_checkpoint(args.teacher, args.student, args.data, args.out, dataset_config,
                                      steps=args.steps, batch_size=args.batch_size, num_batches=args.num_batches,
                                      lr=args.lr, temperature=args.temperature, alpha=args.alpha, seed=args.seed,
-                                     cache_dir=None if args.no_cache else args.cache_dir)
+                                     cache_dir=None if args.no_cache else args.cache_dir,
+                                     augment_pad=args.augment_pad)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"vla-ros distill: error: {e}")
         return 1
-    print(f"distilled into {args.out}: {metrics['student_params']} parameters ({metrics['compression_ratio']:.1f}x "
-          f"fewer), L1 to the recorded actions teacher {metrics['teacher_l1']:.4f} "
+    frozen = f" besides {metrics['student_frozen_params']} of frozen pretrained towers" if metrics[
+        "student_frozen_params"] else ""
+    print(f"distilled into {args.out}: {metrics['student_params']} parameters{frozen} "
+          f"({metrics['compression_ratio']:.1f}x fewer than the teacher's {metrics['teacher_params']}), L1 to the recorded actions teacher {metrics['teacher_l1']:.4f} "
           f"student {metrics['student_l1']:.4f}, "
           f"{metrics['teacher_ms_per_frame']:.1f} -> {metrics['student_ms_per_frame']:.1f} ms per frame")
     return 0

@@ -281,12 +281,9 @@ class _Run:
             return
         strings = self.paraphrases.strings() if self.paraphrases is not None else []
         episodes = self.train_ds.episodes + (self.val_ds.episodes if self.val_ds is not None else [])
-        strings = list(dict.fromkeys(strings + [e.instruction for e in episodes]))
-        language.cache_size = max(language.cache_size, len(strings) + 1024)
         t0 = time.perf_counter()
-        for i in range(0, len(strings), 256):
-            language.encode(strings[i:i + 256])
-        log.info("encoded %d distinct instructions%s with the frozen text encoder in %.1f s", len(strings),
+        n = language.preencode(strings + [e.instruction for e in episodes])
+        log.info("encoded %d distinct instructions%s with the frozen text encoder in %.1f s", n,
                  f" ({len(self.paraphrases.rewrites)} recorded, with their rewrites)" if self.paraphrases else "",
                  time.perf_counter() - t0)
 
