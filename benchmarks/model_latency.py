@@ -23,6 +23,12 @@ is reported separately (``text_uncached_ms``).
 
     .venv/bin/python benchmarks/model_latency.py                       # tiny,small,base
     .venv/bin/python benchmarks/model_latency.py --presets large --iters 5 --out /tmp/l.json
+    .venv/bin/python benchmarks/model_latency.py --checkpoints checkpoints/sim_demo,student --threads 1 \
+        --out /tmp/distill_latency.json   # trained policies: a teacher and its distilled student
+
+With ``--checkpoints`` the rows are trained checkpoints (plain or adapted) instead of presets,
+with their own weights and normalization statistics; "trainable" is the policy's own
+parameters, without the frozen pretrained towers every policy built on them carries.
 """
 from __future__ import annotations
 
@@ -80,16 +86,7 @@ def _timed_loop(fn, iters: int, budget_s: float, min_iters: int = 5) -> list[flo
     return out
 
 
-def bench_preset(name: str, iters: int, warmup: int, budget_s: float, devices: list[str]) -> list[dict]:
-    import numpy as np
-    import torch
-
-    from vla_ros.model import build_policy, compute_stats, load_preset, make_generator
-    from vla_ros.runtime.policy_loader import DEMO_INTERFACE
-    from vla_ros.model.compression import quantize_dynamic_int8
-    from vla_ros.runtime.engine import InferenceEngine
-    from vla_ros.imaging.preprocess import preprocess_images
-
+def _quiet_transformers() -> None:
     try:
         import transformers
 
@@ -98,6 +95,16 @@ def bench_preset(name: str, iters: int, warmup: int, budget_s: float, devices: l
     except ImportError:
         pass
 
+
+def bench_preset(name: str, iters: int, warmup: int, budget_s: float, devices: list[str]) -> list[dict]:
+    """A preset's architecture with random weights and synthetic normalization statistics."""
+    import numpy as np
+    import torch
+
+    from vla_ros.model import build_policy, compute_stats, load_preset
+    from vla_ros.runtime.policy_loader import DEMO_INTERFACE
+
+    _quiet_transformers()
     rss_before = _maxrss_mb()
     cfg = load_preset(name)
     torch.manual_seed(0)
@@ -110,6 +117,32 @@ def bench_preset(name: str, iters: int, warmup: int, budget_s: float, devices: l
         "action": compute_stats(rng.uniform(-1, 1, (1000, robot.action_dim)) * 0.05),
         "state": compute_stats(rng.uniform(-2, 2, (1000, robot.state_dim))),
     })
+    return bench_policy(name, policy, rss_before, build_s, iters, warmup, budget_s, devices)
+
+
+def bench_checkpoint(path: str, iters: int, warmup: int, budget_s: float, devices: list[str]) -> list[dict]:
+    """A trained checkpoint (plain or adapted), e.g. a teacher and the student distilled from it."""
+    from vla_ros.model.lora import load_any_policy
+
+    _quiet_transformers()
+    rss_before = _maxrss_mb()
+    t0 = time.perf_counter()
+    policy = load_any_policy(path).eval()
+    return bench_policy(path, policy, rss_before, time.perf_counter() - t0, iters, warmup, budget_s, devices)
+
+
+def bench_policy(name: str, policy, rss_before: float, build_s: float, iters: int, warmup: int, budget_s: float,
+                 devices: list[str]) -> list[dict]:
+    import numpy as np
+    import torch
+
+    from vla_ros.model import make_generator
+    from vla_ros.model.compression import quantize_dynamic_int8
+    from vla_ros.runtime.engine import InferenceEngine
+    from vla_ros.imaging.preprocess import preprocess_images
+
+    cfg, robot = policy.config, policy.interface
+    rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in robot.camera_names]
     state = np.zeros(robot.state_dim, np.float32) if cfg.use_state else None
     n_params, n_train = policy.num_parameters(), policy.num_parameters(trainable_only=True)
@@ -192,14 +225,14 @@ def bench_preset(name: str, iters: int, warmup: int, budget_s: float, devices: l
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ["preset", "params", "device", "prec", "infer p50", "infer p99", "fwd p50", "fwd p99", "weights MB",
+    head = ["preset", "params", "trainable", "device", "prec", "infer p50", "infer p99", "fwd p50", "fwd p99", "weights MB",
             "peak MB", "max|d|", "mean|d|"]
     lines = []
     for r in rows:
         dmax = r.get("int8_vs_fp32_max_abs_diff", r.get("bf16_vs_fp32_max_abs_diff"))
         dmean = r.get("int8_vs_fp32_mean_abs_diff", r.get("bf16_vs_fp32_mean_abs_diff"))
         lines.append([
-            r["preset"], f"{r['params'] / 1e6:.2f}M", r["device"], r["precision"],
+            r["preset"], f"{r['params'] / 1e6:.2f}M", f"{r['trainable_params'] / 1e6:.3f}M", r["device"], r["precision"],
             f"{r['infer_ms_p50']:.1f}", f"{r['infer_ms_p99']:.1f}", f"{r['forward_ms_p50']:.1f}",
             f"{r['forward_ms_p99']:.1f}", f"{r['weights_mb']:.1f}", f"{r['peak_mem_mb']:.0f}",
             "-" if dmax is None else f"{dmax:.2e}", "-" if dmean is None else f"{dmean:.2e}",
@@ -213,6 +246,9 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--presets", default="tiny,small,base", help="comma-separated preset names")
+    ap.add_argument("--checkpoints", default="",
+                    help="comma-separated checkpoint directories (trained policies, e.g. a teacher and its distilled "
+                         "student), measured instead of the presets")
     ap.add_argument("--devices", default="auto", help="auto (cpu + cuda if present), cpu, cuda, or cpu,cuda")
     ap.add_argument("--iters", type=int, default=20, help="timed calls per measurement (at most)")
     ap.add_argument("--warmup", type=int, default=3)
@@ -228,18 +264,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = ["cpu", "cuda"] if args.devices == "auto" else args.devices.split(",")
-    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-    if args.child:  # one preset, rows as JSON on stdout
-        print(json.dumps(bench_preset(presets[0], args.iters, args.warmup, args.budget, devices)))
+    kind = "checkpoints" if args.checkpoints else "presets"
+    presets = [p.strip() for p in (args.checkpoints or args.presets).split(",") if p.strip()]
+    bench = bench_checkpoint if args.checkpoints else bench_preset
+    if args.child:  # one preset or checkpoint, rows as JSON on stdout
+        print(json.dumps(bench(presets[0], args.iters, args.warmup, args.budget, devices)))
         return 0
 
     rows: list[dict] = []
     for name in presets:
         print(f"[model_latency] {name} ...", file=sys.stderr, flush=True)
         if args.no_isolate:
-            rows += bench_preset(name, args.iters, args.warmup, args.budget, devices)
+            rows += bench(name, args.iters, args.warmup, args.budget, devices)
             continue
-        cmd = [sys.executable, __file__, "--child", "--presets", name, "--devices", ",".join(devices),
+        cmd = [sys.executable, __file__, "--child", f"--{kind}", name, "--devices", ",".join(devices),
                "--iters", str(args.iters), "--warmup", str(args.warmup), "--budget", str(args.budget),
                "--threads", str(args.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
