@@ -17,6 +17,8 @@
 from __future__ import annotations
 
 import copy
+import logging
+import time
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -27,6 +29,8 @@ import torch.nn.functional as F
 from .decoders import DiscreteActionHead, FlowMatchingHead
 from .language import PretrainedTextEncoder
 from .policy import VLAPolicy, make_generator
+
+log = logging.getLogger("vla_ros.model")
 
 
 # ------------------------------------------------------------------------------ int8
@@ -179,14 +183,16 @@ def distill(
     alpha: float = 0.0,
     seed: int = 0,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    log_every: int = 0,
 ) -> dict[str, Any]:
     """Distill ``teacher`` into ``student`` (in place) on ``batches`` (cycled), return metrics.
 
     Both must share the robot interface (action/state/camera names, chunk size); image
     sizes may differ. The student adopts the teacher's normalization statistics when it
     has none. ``alpha`` > 0 adds that weight of the student's ordinary loss on the
-    ground-truth actions. ``augment(images, generator)`` (e.g. DrQ random shift) is applied
-    to the student's images only: the teacher labels the clean frames, as recorded actions
+    ground-truth actions; ``log_every`` > 0 logs the loss every that many steps.
+    ``augment(images, generator)`` (e.g. DrQ random shift) is applied to the student's
+    images only: the teacher labels the clean frames, as recorded actions
     label them in training. A continuous or discrete teacher's labels of a batch never
     change, so it runs once per batch (its targets are kept); a flow teacher samples a new
     chunk at every pass, as it does on the robot. Metrics: distillation loss at the first
@@ -230,6 +236,7 @@ def distill(
     targets: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
     teacher_passes = 0
     history = []
+    t_last = time.perf_counter()
     for step in range(steps):
         i = step % len(batches)
         batch = batches[i]
@@ -269,6 +276,11 @@ def distill(
         loss.backward()
         opt.step()
         history.append(loss.item())
+        if log_every and (step + 1) % log_every == 0:
+            recent = history[-log_every:]
+            log.info("distill step %d/%d: loss %.4f (mean of the last %d), %.2f s per step", step + 1, steps,
+                     sum(recent) / len(recent), len(recent), (time.perf_counter() - t_last) / log_every)
+            t_last = time.perf_counter()
     student.eval()
     t_l1 = action_l1(teacher, batches, seed)
     s_l1 = action_l1(student, batches, seed)

@@ -79,7 +79,7 @@ def distill_checkpoint(teacher: str | os.PathLike, student: str, data: Sequence[
     t0 = time.perf_counter()
     augment = (lambda images, gen: random_shift(images, augment_pad, gen)) if augment_pad else None
     metrics = distill(t, s, batches, steps=steps, temperature=temperature, lr=lr, alpha=alpha, seed=seed,
-                      augment=augment)
+                      augment=augment, log_every=100)
     metrics["wall_s"] = round(time.perf_counter() - t0, 3)
     one = {k: v[:1] for k, v in batches[0].items()}
     metrics["teacher_ms_per_frame"] = _latency_ms(t, one)
