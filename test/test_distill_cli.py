@@ -33,9 +33,14 @@ def test_cli_distill_writes_a_smaller_student_that_imitates_the_teacher(tmp_path
     assert metrics["steps"] == 40 and metrics["student_params"] < metrics["teacher_params"]
     assert metrics["distill_loss_last"] < 0.5 * metrics["distill_loss_first"], metrics
     assert metrics["teacher_ms_per_frame"] > 0 and metrics["student_ms_per_frame"] > 0
+    assert metrics["augment_pad"] == 4  # the student trained on shifted frames, as train does
+    assert f"{metrics['student_params']} parameters" in out and "fewer than the teacher's" in out
     student, t = load_policy(tmp_path / "student"), load_policy(teacher)
     assert student.interface == t.interface and student.config.d_model == 32
     assert student.normalization_stats["action"].to_dict() == t.normalization_stats["action"].to_dict()
     assert (tmp_path / "student" / "dataset_config.json").is_file()
     assert cli_main(["distill", "--teacher", str(tmp_path / "none"), "--out", str(tmp_path / "s2"), *data]) == 1
     assert "vla-ros distill: error:" in capsys.readouterr().out
+    assert cli_main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "s3"), "--augment-pad", "-1",
+                     *data]) == 1
+    assert "augment_pad must be >= 0" in capsys.readouterr().out
