@@ -102,6 +102,8 @@ def test_distill_rejects_incompatible_pairs():
         distill(teacher, build_policy(tiny_config(chunk_size=5), ROBOT), [make_batch(tiny_config())], steps=1)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         distill(teacher, build_policy(tiny_config(), ROBOT), [make_batch(tiny_config())], steps=1, temperature=0)
+    with pytest.raises(ValueError, match="min_lr_ratio must be in"):
+        distill(teacher, build_policy(tiny_config(), ROBOT), [make_batch(tiny_config())], steps=1, min_lr_ratio=0)
 
 
 @pytest.mark.parametrize("teacher_head,passes_per_step", [("continuous", False), ("flow", True)])
@@ -127,12 +129,14 @@ def test_distill_runs_a_deterministic_teacher_once_per_batch_and_shifts_only_stu
 
     seed_all(1)
     student = build_policy(tiny_config(action_head="continuous", d_model=16, num_heads=2), ROBOT)
-    metrics = distill(teacher, student, batches, steps=7, augment=augment)
+    metrics = distill(teacher, student, batches, steps=7, augment=augment, lr=1e-3, min_lr_ratio=0.1)
     # A continuous teacher's labels are fixed: computed once per batch; a flow teacher samples anew.
     assert metrics["teacher_passes"] == (7 if passes_per_step else 3)
     assert len(seen) >= metrics["teacher_passes"]  # then action_l1 / compare_outputs call it too
     # The student's images (and only those) went through the augmentation, once per step.
     assert len(shifted) == 7 and all(x.shape == batches[0]["images"].shape for x in shifted)
+    # The learning rate decayed along its cosine to lr * min_lr_ratio at the last step.
+    assert metrics["lr_last"] == pytest.approx(1e-4)
 
 
 def test_distill_counts_a_frozen_text_backbone_apart_and_encodes_each_instruction_once(tmp_path):

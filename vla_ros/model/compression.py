@@ -184,13 +184,15 @@ def distill(
     seed: int = 0,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     log_every: int = 0,
+    min_lr_ratio: float = 1.0,
 ) -> dict[str, Any]:
     """Distill ``teacher`` into ``student`` (in place) on ``batches`` (cycled), return metrics.
 
     Both must share the robot interface (action/state/camera names, chunk size); image
     sizes may differ. The student adopts the teacher's normalization statistics when it
     has none. ``alpha`` > 0 adds that weight of the student's ordinary loss on the
-    ground-truth actions; ``log_every`` > 0 logs the loss every that many steps.
+    ground-truth actions; ``log_every`` > 0 logs the loss every that many steps. The learning
+    rate decays from ``lr`` to ``lr * min_lr_ratio`` along a cosine (1: constant).
     ``augment(images, generator)`` (e.g. DrQ random shift) is applied to the student's
     images only: the teacher labels the clean frames, as recorded actions
     label them in training. A continuous or discrete teacher's labels of a batch never
@@ -211,6 +213,8 @@ def distill(
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     if not batches:
         raise ValueError("distill needs at least one batch")
+    if not 0 < min_lr_ratio <= 1:
+        raise ValueError(f"min_lr_ratio must be in (0, 1], got {min_lr_ratio!r}")
     t_stats, s_stats = teacher.normalization_stats, student.normalization_stats
     for k in ("action", "state"):
         if not _same_stats(t_stats[k], s_stats[k]):
@@ -229,6 +233,7 @@ def distill(
     student.train()
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps - 1, 1), eta_min=lr * min_lr_ratio)
     kl_mode = isinstance(teacher.head, DiscreteActionHead) and isinstance(student.head, DiscreteActionHead) and (
         tc.num_bins == sc.num_bins
     )
@@ -236,6 +241,7 @@ def distill(
     targets: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
     teacher_passes = 0
     history = []
+    lr_used = lr
     t_last = time.perf_counter()
     for step in range(steps):
         i = step % len(batches)
@@ -274,12 +280,15 @@ def distill(
             loss = loss + alpha * gt_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        lr_used = opt.param_groups[0]["lr"]
         opt.step()
+        schedule.step()
         history.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
             recent = history[-log_every:]
-            log.info("distill step %d/%d: loss %.4f (mean of the last %d), %.2f s per step", step + 1, steps,
-                     sum(recent) / len(recent), len(recent), (time.perf_counter() - t_last) / log_every)
+            log.info("distill step %d/%d: loss %.4f (mean of the last %d), lr %.2e, %.2f s per step", step + 1,
+                     steps, sum(recent) / len(recent), len(recent), opt.param_groups[0]["lr"],
+                     (time.perf_counter() - t_last) / log_every)
             t_last = time.perf_counter()
     student.eval()
     t_l1 = action_l1(teacher, batches, seed)
@@ -289,6 +298,9 @@ def distill(
         "steps": len(history),
         "mode": "kl" if kl_mode else type(student.head).__name__,
         "temperature": temperature,
+        "lr": lr,
+        "min_lr_ratio": min_lr_ratio,
+        "lr_last": lr_used,
         "distill_loss_first": history[0] if history else float("nan"),
         "distill_loss_last": history[-1] if history else float("nan"),
         "teacher_params": _own_parameters(teacher),

@@ -42,7 +42,7 @@ def distill_checkpoint(teacher: str | os.PathLike, student: str, data: Sequence[
                        out: str | os.PathLike, dataset_config: DatasetConfig | None = None, steps: int = 500,
                        batch_size: int = 32, num_batches: int = 64, lr: float = 1e-3, temperature: float = 2.0,
                        alpha: float = 0.0, seed: int = 0, cache_dir: str | os.PathLike | None = None,
-                       augment_pad: int = 4) -> dict[str, Any]:
+                       augment_pad: int = 4, min_lr_ratio: float = 0.1) -> dict[str, Any]:
     """Distill the teacher checkpoint into a new ``student`` (preset name or VLAConfig JSON);
     returns the metrics written to ``out/distill_metrics.json``."""
     out = Path(out)
@@ -79,7 +79,7 @@ def distill_checkpoint(teacher: str | os.PathLike, student: str, data: Sequence[
     t0 = time.perf_counter()
     augment = (lambda images, gen: random_shift(images, augment_pad, gen)) if augment_pad else None
     metrics = distill(t, s, batches, steps=steps, temperature=temperature, lr=lr, alpha=alpha, seed=seed,
-                      augment=augment, log_every=100)
+                      augment=augment, log_every=100, min_lr_ratio=min_lr_ratio)
     metrics["wall_s"] = round(time.perf_counter() - t0, 3)
     one = {k: v[:1] for k, v in batches[0].items()}
     metrics["teacher_ms_per_frame"] = _latency_ms(t, one)
@@ -114,7 +114,10 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
     g.add_argument("--batch-size", type=int, default=32, help="frames per batch (default 32)")
     g.add_argument("--num-batches", type=int, default=64, help="batches sampled once and cycled (default 64)")
-    g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate at the first step (default 1e-3)")
+    g.add_argument("--min-lr-ratio", type=float, default=0.1,
+                   help="the learning rate decays along a cosine to lr times this at the last step, as in training "
+                        "(1: constant; default 0.1)")
     g.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the KL (default 2)")
     g.add_argument("--alpha", type=float, default=0.0,
                    help="weight of the student's loss on the recorded actions, added to the distillation loss "
@@ -146,7 +149,7 @@ def run_distill_cli(args) -> int:
                                      steps=args.steps, batch_size=args.batch_size, num_batches=args.num_batches,
                                      lr=args.lr, temperature=args.temperature, alpha=args.alpha, seed=args.seed,
                                      cache_dir=None if args.no_cache else args.cache_dir,
-                                     augment_pad=args.augment_pad)
+                                     augment_pad=args.augment_pad, min_lr_ratio=args.min_lr_ratio)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"vla-ros distill: error: {e}")
         return 1
