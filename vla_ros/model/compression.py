@@ -156,7 +156,7 @@ def action_l1(policy: VLAPolicy, batches: Iterable[dict[str, Any]], seed: int = 
 
 
 # ------------------------------------------------------------------------------ distillation
-def _own_parameters(policy: VLAPolicy) -> int:
+def own_parameters(policy: VLAPolicy) -> int:
     """Parameters of the policy less its frozen pretrained towers (text backbone, frozen vision
     tower): those are the same for every policy built with them."""
     frozen = sum(p.numel() for m in policy.pretrained_modules().values() for p in m.parameters()
@@ -303,11 +303,11 @@ def distill(
         "lr_last": lr_used,
         "distill_loss_first": history[0] if history else float("nan"),
         "distill_loss_last": history[-1] if history else float("nan"),
-        "teacher_params": _own_parameters(teacher),
-        "student_params": _own_parameters(student),
-        "compression_ratio": _own_parameters(teacher) / max(1, _own_parameters(student)),
-        "teacher_frozen_params": teacher.num_parameters() - _own_parameters(teacher),
-        "student_frozen_params": student.num_parameters() - _own_parameters(student),
+        "teacher_params": own_parameters(teacher),
+        "student_params": own_parameters(student),
+        "compression_ratio": own_parameters(teacher) / max(1, own_parameters(student)),
+        "teacher_frozen_params": teacher.num_parameters() - own_parameters(teacher),
+        "student_frozen_params": student.num_parameters() - own_parameters(student),
         "teacher_passes": teacher_passes,
         "teacher_l1": t_l1,
         "student_l1": s_l1,

@@ -28,7 +28,7 @@ from vla_ros.data.config import DATASET_CONFIG_FILE, DatasetConfig
 from vla_ros.data.episodes import load_episodes
 from vla_ros.data.torch_dataset import EpisodeDataset
 from vla_ros.model import build_policy, load_preset, save_policy
-from vla_ros.model.compression import distill, predict_batch
+from vla_ros.model.compression import distill, own_parameters, predict_batch
 from vla_ros.model.lora import load_any_policy
 from vla_ros.training.augment import random_shift
 from vla_ros.training.config import TrainingError
@@ -53,6 +53,8 @@ def distill_checkpoint(teacher: str | os.PathLike, student: str, data: Sequence[
             raise TrainingError(f"{name} must be a positive integer, got {v}")
     if augment_pad < 0:
         raise TrainingError(f"augment_pad must be >= 0, got {augment_pad}")
+    if not 0 < min_lr_ratio <= 1:
+        raise TrainingError(f"min_lr_ratio must be in (0, 1], got {min_lr_ratio}")
     t = load_any_policy(teacher)
     if dataset_config is None:
         dataset_config = DatasetConfig.recorded_with(teacher) or DatasetConfig(
@@ -74,8 +76,8 @@ def distill_checkpoint(teacher: str | os.PathLike, student: str, data: Sequence[
     seed_globals(seed)
     s = build_policy(cfg, t.interface)
     s.set_normalization_stats({k: v for k, v in t.normalization_stats.items() if v is not None})
-    log.info("distilling %s (%d parameters) into %s (%d parameters) on %d frames of %d episodes", teacher,
-             t.num_parameters(), student, s.num_parameters(), len(ds), len(episodes))
+    log.info("distilling %s (%d parameters) into %s (%d parameters; frozen pretrained towers not counted) on %d "
+             "frames of %d episodes", teacher, own_parameters(t), student, own_parameters(s), len(ds), len(episodes))
     t0 = time.perf_counter()
     augment = (lambda images, gen: random_shift(images, augment_pad, gen)) if augment_pad else None
     metrics = distill(t, s, batches, steps=steps, temperature=temperature, lr=lr, alpha=alpha, seed=seed,
