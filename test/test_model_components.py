@@ -244,7 +244,7 @@ def test_config_fields_are_documented():
 
 
 def test_presets_load_and_tiny_is_small(monkeypatch, tmp_path):
-    assert {"tiny", "small", "base", "large", "sim_demo"} <= set(list_presets())
+    assert {"tiny", "small", "base", "large", "sim_demo", "sim_demo_student"} <= set(list_presets())
     defaults = VLAConfig().to_dict()
     for name in list_presets():  # every shipped preset is valid and lists only overrides of the defaults
         data = json.loads(next(d / f"{name}.json" for d in preset_dirs() if (d / f"{name}.json").is_file()).read_text())
@@ -256,6 +256,9 @@ def test_presets_load_and_tiny_is_small(monkeypatch, tmp_path):
     demo = load_preset("sim_demo")  # the built-in simulated Panda demo
     assert demo.cnn_film and demo.vision_encoder == "cnn" and demo.language_encoder == "pretrained"
     assert demo.unnormalized_names == ["gripper"] and demo.image_size == 96
+    student = load_preset("sim_demo_student")  # the demo's distillation student: same inputs, a smaller network
+    assert (student.image_size, student.vision_encoder, student.language_encoder) == (96, "cnn", "pretrained")
+    assert student.d_model < demo.d_model and student.fusion_depth < demo.fusion_depth
     assert not any(load_preset(n).cnn_film for n in ("tiny", "small", "base", "large"))
     assert load_preset("tiny", chunk_size=12).chunk_size == 12
     # An installed share dir ($VLA_ROS_SHARE/config/models) is searched first.
