@@ -132,7 +132,7 @@ def test_distill_runs_a_deterministic_teacher_once_per_batch_and_shifts_only_stu
     metrics = distill(teacher, student, batches, steps=7, augment=augment, lr=1e-3, min_lr_ratio=0.1)
     # A continuous teacher's labels are fixed: computed once per batch; a flow teacher samples anew.
     assert metrics["teacher_passes"] == (7 if passes_per_step else 3)
-    assert len(seen) >= metrics["teacher_passes"]  # then action_l1 / compare_outputs call it too
+    assert len(seen) >= metrics["teacher_passes"]  # then the accuracy metrics call it too
     # The student's images (and only those) went through the augmentation, once per step.
     assert len(shifted) == 7 and all(x.shape == batches[0]["images"].shape for x in shifted)
     # The learning rate decayed along its cosine to lr * min_lr_ratio at the last step.
