@@ -291,7 +291,9 @@ def distill(
         s_err.append((s_pred - gt).abs().flatten())
         diff.append((t_pred - s_pred).abs().flatten())
     t_l1, s_l1 = torch.cat(t_err).mean().item(), torch.cat(s_err).mean().item()
-    agreement = {"mean_abs_diff": torch.cat(diff).mean().item(), "max_abs_diff": torch.cat(diff).max().item()}
+    diff = torch.cat(diff)
+    agreement = {"mean_abs_diff": diff.mean().item(), "max_abs_diff": diff.max().item()}
+    t_own, s_own = own_parameters(teacher), own_parameters(student)
     return {
         "steps": len(history),
         "mode": "kl" if kl_mode else type(student.head).__name__,
@@ -301,11 +303,11 @@ def distill(
         "lr_last": lr_used,
         "distill_loss_first": history[0] if history else float("nan"),
         "distill_loss_last": history[-1] if history else float("nan"),
-        "teacher_params": own_parameters(teacher),
-        "student_params": own_parameters(student),
-        "compression_ratio": own_parameters(teacher) / max(1, own_parameters(student)),
-        "teacher_frozen_params": teacher.num_parameters() - own_parameters(teacher),
-        "student_frozen_params": student.num_parameters() - own_parameters(student),
+        "teacher_params": t_own,
+        "student_params": s_own,
+        "compression_ratio": t_own / max(1, s_own),
+        "teacher_frozen_params": teacher.num_parameters() - t_own,
+        "student_frozen_params": student.num_parameters() - s_own,
         "teacher_passes": teacher_passes,
         "teacher_l1": t_l1,
         "student_l1": s_l1,
