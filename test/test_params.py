@@ -46,6 +46,6 @@ def test_policy_parameters_read_as_typed_nested_frozen_attributes(node_with):
 
 
 def test_invalid_parameter_names_itself(node_with):
-    params = robot_parameters("sim_panda_joint") | {"control.ensemble": "average"}
-    with pytest.raises(ParameterError, match="parameter 'control.ensemble' is 'average'; expected one of"):
+    params = robot_parameters("sim_panda_joint") | {"control.execution": "average"}
+    with pytest.raises(ParameterError, match="parameter 'control.execution' is 'average'; expected one of"):
         policy_params.read(node_with(params))

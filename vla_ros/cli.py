@@ -65,6 +65,15 @@ def main(argv=None) -> int:
     ev.add_argument("--server", default="", help="run the policy node against this remote policy server "
                     "(ws://host:port, e.g. vla-ros serve) instead of loading --checkpoint itself")
     ev.add_argument("--server-mapping", default="vla_ros", help="with --server: config/remote/<name>.yaml or a file")
+    ev.add_argument("--emulated-latency", type=float, default=0.0, metavar="S",
+                    help="what-if: add S seconds to every inference in the policy server process "
+                         "(model.emulated_latency), e.g. 0.5 to see the robot with pi0 served over a network")
+    ev.add_argument("--emulated-latency-p99", type=float, default=0.0, metavar="S",
+                    help="with --emulated-latency: lognormal delays with that median and this 99th percentile")
+    ev.add_argument("--execution", choices=("realtime", "ensemble", "latest"), default=None,
+                    help="the policy node's control.execution (default: the parameters file's, realtime)")
+    ev.add_argument("--motion", action="store_true",
+                    help="record the end-effector path and commands: jerk and command jumps per episode")
     serve = sub.add_parser("serve", help="serve a checkpoint over openpi's websocket protocol (WebsocketClientPolicy "
                            "and policy_node's model.server work against it)")
     from vla_ros.runtime.remote_server import add_serve_arguments
@@ -229,11 +238,20 @@ def _eval(args) -> int:
     from vla_ros.evaluation.closed_loop import format_probe_table, format_table
     from vla_ros.ros.closed_loop import evaluate, probe
     run, count = (probe, "scenes") if args.probe else (evaluate, "episodes")
+    extra = {}
+    if args.emulated_latency:
+        extra["model.emulated_latency"] = args.emulated_latency
+        extra["model.emulated_latency_p99"] = args.emulated_latency_p99
+        # The node would hold the arm on a request slower than control.inference_timeout (2 s by default).
+        extra["control.inference_timeout"] = max(2.0, 2.0 * max(args.emulated_latency, args.emulated_latency_p99))
+    if args.execution:
+        extra["control.execution"] = args.execution
     report = run(args.checkpoint, families=tuple(args.families), seed=args.seed, phrasing=args.phrasing,
                  timeout=args.timeout, real_time_factor=args.real_time_factor, params_file=args.params_file,
                  out_dir=args.out, contact_sheets=args.contact_sheets, server=args.server,
                  server_mapping=args.server_mapping, **{count: args.episodes},
-                 log=lambda line: print(line, flush=True))  # progress shows at once through pipes too
+                 log=lambda line: print(line, flush=True),  # progress shows at once through pipes too
+                 policy_params=extra, **({} if args.probe else {"motion": args.motion}))
     print()
     print((format_probe_table if args.probe else format_table)(report))
     if args.json:

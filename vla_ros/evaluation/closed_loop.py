@@ -57,6 +57,40 @@ def episode_record(family: str, seed: int, phrasing: str, instruction: str, outc
             "sim_seconds": round(float(sim_seconds), 3), "wall_seconds": round(wall_seconds, 3)}
 
 
+MOVING_SPEED = 0.02  # m/s: the end effector counts as moving above this speed (the expert moves at 0.2)
+
+
+def motion_metrics(ee: Sequence[tuple], commands: Sequence[tuple], period: float,
+                   moving_speed: float = MOVING_SPEED) -> dict:
+    """How smoothly one episode moved, from the simulated end-effector path and the commands sent.
+
+    ee: (sim s, x, y, z) samples of the end effector; commands: (sim s, vx, vy, vz) twist commands.
+    The path is resampled at the control period and differenced: jerk is the third difference
+    over period^3 (m/s^3), its RMS taken over the windows where the end effector moves (any of the
+    window's speeds above ``moving_speed``), so a stop-and-go arm scores high and a still one does
+    not count. ``max_command_jump`` is the largest change between consecutive commands (m/s): at
+    a chunk switch that does not continue the previous chunk, or a stop.
+    """
+    out: dict = {"ee_samples": len(ee), "commands": len(commands), "jerk_rms": None, "max_command_jump": None}
+    if len(ee) >= 5:
+        a = np.asarray(ee, dtype=np.float64)
+        a = a[np.argsort(a[:, 0], kind="stable")]
+        t = a[:, 0]
+        grid = np.arange(t[0], t[-1] + 1e-9, period)
+        if len(grid) >= 5:
+            pos = np.stack([np.interp(grid, t, a[:, i]) for i in (1, 2, 3)], axis=1)  # (n, 3)
+            speed = np.linalg.norm(np.diff(pos, axis=0), axis=1) / period  # (n-1,)
+            jerk = np.linalg.norm(np.diff(pos, n=3, axis=0), axis=1) / period ** 3  # (n-3,)
+            moving = np.array([speed[k:k + 3].max() > moving_speed for k in range(len(jerk))])
+            if moving.any():
+                out["jerk_rms"] = round(float(np.sqrt(np.mean(jerk[moving] ** 2))), 4)
+    if len(commands) >= 2:
+        c = np.asarray(commands, dtype=np.float64)
+        c = c[np.argsort(c[:, 0], kind="stable"), 1:]
+        out["max_command_jump"] = round(float(np.linalg.norm(np.diff(c, axis=0), axis=1).max()), 4)
+    return out
+
+
 def summarize(results: list[dict], families: Sequence[str]) -> dict:
     """Per family: episodes, successes, success rate, mean simulated seconds of the successes."""
     summary = {}

@@ -122,6 +122,16 @@ class VLAConfig:
     # Flow head: training-time distribution of t: "beta" (pi0, favours noisy t) or "uniform".
     flow_time_sampling: str = "beta"
 
+    # ---------------------------------------------------------------- committed action prefix
+    # Training-time Real-Time Chunking (Black, Galliker, Levine 2025, "Training-Time Action
+    # Conditioning for Efficient Real-Time Chunking"; Legato, RSS 2026): the first d actions
+    # of the chunk are given as input (the actions the robot executes while this chunk is
+    # being computed, a slow model's inference delay) and the model predicts the rest so
+    # that it continues them. Training samples d uniformly in 0..action_prefix per sample
+    # and leaves the given steps out of the loss; at inference the node passes the actions
+    # it has committed (model/prefix.py). Works for every head. 0: off.
+    action_prefix: int = 0
+
     # ---------------------------------------------------------------- normalization
     # "quantile" (q01..q99 -> [-1, 1], clipped; pi0 / OpenVLA), "mean_std" or "min_max".
     normalization_mode: str = "quantile"
@@ -212,6 +222,9 @@ class VLAConfig:
         if self.num_bins < 2:
             fail("num_bins", "must be >= 2")
         one_of("flow_time_sampling", FLOW_TIME_SAMPLINGS)
+        non_negative("action_prefix")
+        if self.action_prefix >= self.chunk_size:
+            fail("action_prefix", f"must be below chunk_size={self.chunk_size} (some actions must be predicted)")
 
         # Normalization.
         one_of("normalization_mode", NORMALIZATION_MODES)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .discretization import ActionTokenizer
 from .fusion import FusionOutput
+from .rtc import guided_velocity
 from .transformer import Block, MLP, init_weights, key_padding_mask, sinusoidal_embedding
 
 
@@ -142,7 +143,11 @@ class FlowMatchingHead(nn.Module):
         mse = _masked_mean((v - (actions - noise)) ** 2, is_pad)
         return mse, {"flow_mse": mse.item()}
 
-    def predict(self, fused, generator=None, steps: int | None = None, noise: torch.Tensor | None = None):
+    def predict(self, fused, generator=None, steps: int | None = None, noise: torch.Tensor | None = None,
+                rtc_target: torch.Tensor | None = None, rtc_weights: torch.Tensor | None = None,
+                rtc_beta: float = 5.0):
+        """Sample a chunk (B, H, D). With ``rtc_target`` (B, H, D) and ``rtc_weights`` (B or 1, H, 1),
+        every Euler step is guided toward the committed actions (Real-Time Chunking, model/rtc.py)."""
         B, H = fused.queries.shape[:2]
         steps = steps or self.steps
         x = noise if noise is not None else torch.randn(
@@ -151,10 +156,22 @@ class FlowMatchingHead(nn.Module):
         x = x.float()  # integrate in float32 even under bf16/fp16 autocast
         # The context does not change between steps: project its keys/values once.
         kv = [block.context_kv(fused.context) for block in self.blocks]
+        if rtc_target is not None:
+            # Guidance differentiates through the expert: copies of the cached features that are not
+            # inference-mode tensors (autograd cannot save those for the backward pass).
+            with torch.inference_mode(False):
+                fused = FusionOutput(fused.queries.clone(), fused.context.clone(),
+                                     None if fused.context_mask is None else fused.context_mask.clone())
+                kv = [tuple(z.clone() for z in pair) for pair in kv]
         dt = 1.0 / steps
         for i in range(steps):
             t = torch.full((B,), i * dt, device=x.device)
-            x = x + dt * self.velocity(x, t, fused, context_kv=kv).float()
+            if rtc_target is None:
+                x = x + dt * self.velocity(x, t, fused, context_kv=kv).float()
+            else:
+                v = guided_velocity(lambda xx: self.velocity(xx, t.clone(), fused, context_kv=kv), x, i * dt,
+                                    rtc_target, rtc_weights, rtc_beta)
+                x = x + dt * v
         return x  # (B, H, D)
 
 

@@ -22,6 +22,7 @@ compilation and locking around it. Checkpoints are written and read by checkpoin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from typing import Any, Callable, Collection, ContextManager
 
@@ -36,6 +37,8 @@ from .fusion import FusionOutput, LanguageFeatures, build_fusion
 from .interface import RobotInterface
 from .language import PretrainedTextEncoder, build_language_encoder
 from .normalization import FeatureStats, build_processors
+from .prefix import ActionPrefixConditioning, prefix_inputs, sample_prefix_lengths
+from .rtc import RTCSettings
 from .types import Observation, PredictedChunk
 from .vision import PretrainedVisionTower, build_vision_encoder
 
@@ -76,6 +79,8 @@ class VLAPolicy(nn.Module):
         self.language = build_language_encoder(config, load["language"], dirs.get("language"))
         self.fusion = build_fusion(config, interface.state_dim)
         self.head = build_action_head(config, interface.action_dim)
+        # Training-time RTC (model/prefix.py): the committed first actions of the chunk as input.
+        self.prefix = ActionPrefixConditioning(config, interface.action_dim) if config.action_prefix else None
         self.preprocessor, self.postprocessor = build_processors(
             config.normalization_mode, interface.action_names, interface.state_names, config.unnormalized_names
         )
@@ -196,8 +201,17 @@ class VLAPolicy(nn.Module):
             lang = LanguageFeatures(*self.language(list(instructions)))
         return self.fusion(vis_tokens, vis_pooled, lang, state_norm)
 
-    def decode(self, fused: FusionOutput, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Fused features -> normalized action chunk (B, H, D)."""
+    def condition_on_prefix(self, fused: FusionOutput, prefix: torch.Tensor, mask: torch.Tensor) -> FusionOutput:
+        """Given normalized actions (B, H, D) where mask (B, H) -> fused features that continue them."""
+        if self.prefix is None:
+            return fused
+        return dataclasses.replace(fused, queries=self.prefix(fused.queries, prefix, mask))
+
+    def decode(self, fused: FusionOutput, generator: torch.Generator | None = None, **guidance) -> torch.Tensor:
+        """Fused features -> normalized action chunk (B, H, D). ``guidance``: the flow head's
+        Real-Time Chunking inputs (model/rtc.py), for that head only."""
+        if guidance:
+            return self.head.predict(fused, generator=generator, **guidance)
         return self.head.predict(fused, generator=generator)
 
     def postprocess(self, actions_norm: torch.Tensor) -> torch.Tensor:
@@ -251,11 +265,37 @@ class VLAPolicy(nn.Module):
         if is_pad is not None:
             is_pad = torch.as_tensor(is_pad).to(dev, torch.bool)
         fused = self.encode(images, instructions, state_n)
+        if self.prefix is not None:
+            # Training-time RTC: each sample's first d actions are given and left out of the loss.
+            d = sample_prefix_lengths(B, self.config.action_prefix, dev, generator)
+            prefix, given = prefix_inputs(actions_n, d)
+            fused = self.condition_on_prefix(fused, prefix, given)
+            is_pad = given if is_pad is None else (is_pad | given)
         loss, metrics = self.head.loss(fused, actions_n, is_pad=is_pad, generator=generator)
         metrics["loss"] = loss.item()
         return loss, metrics
 
     # ------------------------------------------------------------------ inference
+    def committed_tensor(self, observation: Observation) -> tuple[torch.Tensor | None, int, int]:
+        """The observation's committed actions, normalized and zero-padded to (1, H, D), how many of
+        them are frozen (the inference delay, at most the number given) and how many were given;
+        (None, 0, 0) without."""
+        committed = observation.committed
+        if committed is None or len(committed) == 0:
+            return None, 0, 0
+        H, D = self.config.chunk_size, self.interface.action_dim
+        c = np.asarray(committed, dtype=np.float32)
+        if c.ndim != 2 or c.shape[1] != D or c.shape[0] > H:
+            raise ValueError(f"committed actions must have shape (n <= {H}, {D}), got {c.shape}")
+        if not np.isfinite(c).all():
+            raise ValueError("committed actions contain NaN or inf")
+        delay = int(observation.inference_delay)
+        if delay < 0:
+            raise ValueError(f"inference_delay must be >= 0, got {delay}")
+        padded = torch.zeros(1, H, D, device=self.device)
+        padded[0, :c.shape[0]] = self.preprocessor(actions=torch.from_numpy(c).to(self.device))[1]
+        return padded, min(delay, c.shape[0]), c.shape[0]
+
     @torch.inference_mode()
     def predict(
         self,
@@ -266,6 +306,7 @@ class VLAPolicy(nn.Module):
         color_order: str | list[str] = "rgb",
         autocast: Callable[[], ContextManager] = contextlib.nullcontext,
         sync: Callable[[], None] = lambda: None,
+        rtc: "RTCSettings | None" = None,
     ) -> PredictedChunk:
         """One observation -> one PredictedChunk (H, D) in robot units, with stage timings.
 
@@ -274,17 +315,19 @@ class VLAPolicy(nn.Module):
         autocast: a context manager entered around encode and decode (mixed precision).
         sync: called before each stage's end time is taken, so that timings include queued
         asynchronous (GPU) work.
+        rtc: Real-Time Chunking guidance settings (model/rtc.py), used by a flow head when the
+        observation carries committed actions.
         A policy in training mode is switched to eval mode (no dropout) for the call.
         """
         if not self.training:
-            return self._predict(observation, generator, seed, color_order, autocast, sync)
+            return self._predict(observation, generator, seed, color_order, autocast, sync, rtc)
         self.eval()
         try:
-            return self._predict(observation, generator, seed, color_order, autocast, sync)
+            return self._predict(observation, generator, seed, color_order, autocast, sync, rtc)
         finally:
             self.train()
 
-    def _predict(self, observation, generator, seed, color_order, autocast, sync) -> PredictedChunk:
+    def _predict(self, observation, generator, seed, color_order, autocast, sync, rtc) -> PredictedChunk:
         t0 = time.perf_counter()
         images = self.images_tensor(observation.images, color_order)
         self.check_images(images)
@@ -297,13 +340,23 @@ class VLAPolicy(nn.Module):
         t1 = time.perf_counter()
         with autocast():
             fused = self.encode(images, [observation.instruction], state_n)
+        committed, delay, given = self.committed_tensor(observation)
+        guidance = {}
+        if committed is not None:
+            if self.prefix is not None:  # training-time RTC: the model continues the frozen actions
+                fused = self.condition_on_prefix(fused, *prefix_inputs(
+                    committed, torch.tensor([min(delay, self.config.action_prefix)])))
+            if rtc is not None and rtc.applies(self.head):  # inference-time RTC (flow head)
+                guidance = rtc.guidance(committed, delay, given)
         sync()
         t2 = time.perf_counter()
         with autocast():
-            actions_n = self.decode(fused, generator)
+            actions_n = self.decode(fused, generator, **guidance)
         sync()
         t3 = time.perf_counter()
         actions = self.postprocess(actions_n)[0].cpu().numpy().astype(np.float32)
+        if delay:  # the frozen actions execute whatever the model says: return them exactly
+            actions[:delay] = np.asarray(observation.committed, dtype=np.float32)[:delay]
         t4 = time.perf_counter()
         ms = lambda a, b: (b - a) * 1e3  # noqa: E731
         timings = {

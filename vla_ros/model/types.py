@@ -18,11 +18,18 @@ class Observation:
     instruction: the natural-language task, e.g. "put the red cube in the bowl".
     state: optional 1-D float array of proprioception in robot units, ordered as
         ``interface.state_names``.
+    committed: optional (n, D) actions in robot units that the robot has already queued for
+        the chunk's first n steps (the rest of the chunk it is executing), n <= chunk size.
+    inference_delay: how many of ``committed`` execute before the new chunk can take over
+        (the inference latency in control steps); those are frozen: the returned chunk
+        starts with them exactly, and the model continues them (model/prefix.py, model/rtc.py).
     """
 
     images: list[np.ndarray] | np.ndarray | torch.Tensor
     instruction: str
     state: np.ndarray | None = None
+    committed: np.ndarray | None = None
+    inference_delay: int = 0
 
 
 @dataclass

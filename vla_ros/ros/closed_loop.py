@@ -31,13 +31,14 @@ from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool
 
 from vla_ros.action import ExecuteInstruction
 from vla_ros.evaluation.closed_loop import (DEFAULT_FAMILIES, DEFAULT_OUT_DIR, DEFAULT_SEED, contact_sheet,
-                                           default_params_file, episode_plan, episode_record, probe_plan,
-                                           probe_variant, write_probe_report, write_report)
+                                           default_params_file, episode_plan, episode_record, motion_metrics,
+                                           probe_plan, probe_variant, write_probe_report, write_report)
 from vla_ros.ros.conversions import image_to_rgb
 from vla_ros.srv import ResetEpisode
 
@@ -85,14 +86,31 @@ class Graph:
 
 
 class EpisodeDriver(Node):
-    def __init__(self, camera: str = "front"):
+    def __init__(self, camera: str = "front", motion: bool = False):
         super().__init__("vla_ros_closed_loop_eval")
+        self.motion = motion
         self.reset_client = self.create_client(ResetEpisode, "/sim_robot_node/reset_episode")
         self.goal_client = ActionClient(self, ExecuteInstruction, "/policy_node/execute_instruction")
         self.success_seen = threading.Event()
         self.create_subscription(Bool, "/task_success", self._on_success, 10)
         self.frames: list[np.ndarray] | None = None
         self.create_subscription(Image, f"/{camera}/image_raw", self._on_image, qos_profile_sensor_data)
+        # Motion recording (latency benchmark): the simulated end-effector path and the twist commands.
+        self.ee: list[tuple[float, float, float, float]] | None = None      # (sim s, x, y, z)
+        self.commands: list[tuple[float, float, float, float]] | None = None  # (sim s, vx, vy, vz)
+        if motion:
+            self.create_subscription(PoseStamped, "/ee_pose", self._on_ee, 100)
+            self.create_subscription(TwistStamped, "/twist", self._on_twist, 100)
+
+    def _on_ee(self, msg: PoseStamped):
+        if self.ee is not None:
+            p, t = msg.pose.position, msg.header.stamp
+            self.ee.append((t.sec + t.nanosec * 1e-9, p.x, p.y, p.z))
+
+    def _on_twist(self, msg: TwistStamped):
+        if self.commands is not None:
+            v, t = msg.twist.linear, msg.header.stamp
+            self.commands.append((t.sec + t.nanosec * 1e-9, v.x, v.y, v.z))
 
     def _on_success(self, msg: Bool):
         if not msg.data:
@@ -125,7 +143,8 @@ def _call_with_retries(call, what: str, graph: Graph, attempt_timeout: float = 1
 
 
 def _run_episode(driver: EpisodeDriver, graph: Graph, family: str, ep_seed: int, phrasing: str, timeout: float,
-                 real_time_factor: float, sheets_dir: Path | None, target: int = -1, direction: str = "") -> dict:
+                 real_time_factor: float, sheets_dir: Path | None, target: int = -1, direction: str = "",
+                 period: float = 0.1) -> dict:
     """Reset the scene, send the instruction as a goal, wait for its outcome: the episode's record."""
     driver.success_seen.clear()
     request = ResetEpisode.Request(seed=ep_seed, family=family, phrasing=phrasing, target=target, direction=direction)
@@ -135,6 +154,9 @@ def _run_episode(driver: EpisodeDriver, graph: Graph, family: str, ep_seed: int,
     if not driver.success_seen.wait(timeout=30):
         raise TimeoutError("the sim robot never reported task_success false after a reset")
     driver.frames = [] if sheets_dir is not None else None
+    recording = driver.motion
+    if recording:
+        driver.ee, driver.commands = [], []
     t0 = time.monotonic()
     goal = ExecuteInstruction.Goal(instruction=reply.instruction, timeout=float(timeout))
     wall_limit = timeout / max(real_time_factor, 0.05) * 4 + 60
@@ -153,6 +175,11 @@ def _run_episode(driver: EpisodeDriver, graph: Graph, family: str, ep_seed: int,
     ep = episode_record(family, ep_seed, phrasing, reply.instruction, outcome, res.steps, res.elapsed,
                         time.monotonic() - t0)
     ep["target"], ep["direction"] = int(reply.target), reply.direction
+    ep["held_steps"] = int(res.held_steps)
+    if recording:
+        ee, cmds = list(driver.ee), list(driver.commands)
+        driver.ee = driver.commands = None
+        ep["motion"] = motion_metrics(ee, cmds, period)
     if sheets_dir is not None and driver.frames:
         variant = f"_{target}" if target >= 0 else f"_{direction}" if direction else ""
         sheet = sheets_dir / f"{family}_{ep_seed}{variant}.png"
@@ -165,13 +192,15 @@ def _run_episode(driver: EpisodeDriver, graph: Graph, family: str, ep_seed: int,
 
 @contextlib.contextmanager
 def _session(checkpoint: str, params_file: str, real_time_factor: float, out: Path, server: str,
-             server_mapping: str, log):
+             server_mapping: str, log, policy_params: dict | None = None, motion: bool = False):
     """The graph up and an EpisodeDriver spinning, both ready; everything stopped on exit."""
     t_start = time.monotonic()
-    remote = {"model.server": server, "model.server_mapping": server_mapping} if server else None
-    graph = Graph(str(Path(checkpoint).resolve()), params_file, real_time_factor, out / "logs", remote)
+    extra = dict(policy_params or {})
+    if server:
+        extra.update({"model.server": server, "model.server_mapping": server_mapping})
+    graph = Graph(str(Path(checkpoint).resolve()), params_file, real_time_factor, out / "logs", extra)
     rclpy.init()
-    driver = EpisodeDriver()
+    driver = EpisodeDriver(motion=motion)
     executor = SingleThreadedExecutor()
     executor.add_node(driver)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -197,34 +226,40 @@ def _session(checkpoint: str, params_file: str, real_time_factor: float, out: Pa
 def evaluate(checkpoint: str, families=DEFAULT_FAMILIES, episodes: int = 50, seed: int = DEFAULT_SEED,
              phrasing: str = "train", timeout: float = 12.0, real_time_factor: float = 1.0,
              params_file: str | None = None, out_dir: str | None = None, contact_sheets: bool = False,
-             log=print, server: str = "", server_mapping: str = "vla_ros") -> dict:
+             log=print, server: str = "", server_mapping: str = "vla_ros", policy_params: dict | None = None,
+             motion: bool = False) -> dict:
     """Run ``episodes`` closed-loop episodes per family; returns the report (also JSON in out_dir)."""
     return evaluate_phrasings(checkpoint, (phrasing,), families, episodes, seed, timeout, real_time_factor,
                               params_file, out_dir, contact_sheets, log, server, server_mapping,
-                              subdirs=False)[phrasing]
+                              subdirs=False, policy_params=policy_params, motion=motion)[phrasing]
 
 
 def evaluate_phrasings(checkpoint: str, phrasings=("train",), families=DEFAULT_FAMILIES, episodes: int = 50,
                        seed: int = DEFAULT_SEED, timeout: float = 12.0, real_time_factor: float = 1.0,
                        params_file: str | None = None, out_dir: str | None = None, contact_sheets: bool = False,
                        log=print, server: str = "", server_mapping: str = "vla_ros",
-                       subdirs: bool = True) -> dict[str, dict]:
+                       subdirs: bool = True, policy_params: dict | None = None,
+                       motion: bool = False) -> dict[str, dict]:
     """:func:`evaluate` for each phrasing set in turn on one running graph (the same scenes
     each time); the reports by phrasing, each in out_dir/<phrasing>/ (in out_dir itself
-    when ``subdirs`` is false)."""
+    when ``subdirs`` is false). ``policy_params``: extra policy node parameters (e.g.
+    {"model.emulated_latency": 0.5}); ``motion``: record each episode's end-effector path and
+    commands and add their smoothness to its record (evaluation.closed_loop.motion_metrics)."""
     params_file = params_file or str(default_params_file())
     out = Path(out_dir or DEFAULT_OUT_DIR)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     reports = {}
-    with _session(checkpoint, params_file, real_time_factor, out, server, server_mapping, log) as (driver, graph):
+    period = 1.0 / _control_rate(params_file, policy_params)
+    with _session(checkpoint, params_file, real_time_factor, out, server, server_mapping, log, policy_params,
+                  motion) as (driver, graph):
         for phrasing in phrasings:
             set_out = out / phrasing if subdirs else out
             set_out.mkdir(parents=True, exist_ok=True)
             results = []
             for family, ep_seed in episode_plan(families, episodes, seed):
                 ep = _run_episode(driver, graph, family, ep_seed, phrasing, timeout, real_time_factor,
-                                  set_out / "contact_sheets" if contact_sheets else None)
+                                  set_out / "contact_sheets" if contact_sheets else None, period=period)
                 results.append(ep)
                 log(f"  {family:5s} seed {ep_seed}: {'success' if ep['success'] else ep['outcome']:9s} "
                     f"{ep['sim_seconds']:5.1f} s  '{ep['instruction']}'")
@@ -236,10 +271,20 @@ def evaluate_phrasings(checkpoint: str, phrasings=("train",), families=DEFAULT_F
     return reports
 
 
+def _control_rate(params_file: str, policy_params: dict | None) -> float:
+    """control.rate from the extra parameters or the parameters file (10 Hz for the sim Panda)."""
+    import yaml
+    if policy_params and "control.rate" in policy_params:
+        return float(policy_params["control.rate"])
+    data = yaml.safe_load(Path(params_file).read_text()) or {}
+    control = data.get("policy_node", {}).get("ros__parameters", {}).get("control", {})
+    return float(control.get("rate", 30.0))
+
+
 def probe(checkpoint: str, families=DEFAULT_FAMILIES, scenes: int = 50, seed: int = DEFAULT_SEED,
           phrasing: str = "train", timeout: float = 12.0, real_time_factor: float = 1.0,
           params_file: str | None = None, out_dir: str | None = None, contact_sheets: bool = False,
-          log=print, server: str = "", server_mapping: str = "vla_ros") -> dict:
+          log=print, server: str = "", server_mapping: str = "vla_ros", policy_params: dict | None = None) -> dict:
     """The listening probe: every scene once per object (touch, pick) or per direction (push);
     returns the probe report (also probe.json in out_dir)."""
     params_file = params_file or str(default_params_file())
@@ -247,7 +292,8 @@ def probe(checkpoint: str, families=DEFAULT_FAMILIES, scenes: int = 50, seed: in
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     results = []
-    with _session(checkpoint, params_file, real_time_factor, out, server, server_mapping, log) as (driver, graph):
+    with _session(checkpoint, params_file, real_time_factor, out, server, server_mapping, log,
+                  policy_params) as (driver, graph):
         for family, ep_seed, target, direction in probe_plan(families, scenes, seed):
             ep = _run_episode(driver, graph, family, ep_seed, phrasing, timeout, real_time_factor,
                               out / "contact_sheets" if contact_sheets else None, target, direction)

@@ -113,7 +113,8 @@ class PolicyNode(LifecycleNode):
             cameras=self.cams, chunk_size=meta["chunk_size"], dim=meta["action_dim"], period=self.period,
             camera_timeout=p.cameras.max_age, joint_timeout=p.joint_states.timeout,
             extra_inputs={"ee_pose": p.joint_states.timeout} if p.output.mode == "pose" else {},
-            inference_timeout=p.control.inference_timeout, ensemble=p.control.ensemble,
+            inference_timeout=p.control.inference_timeout, realtime=p.control.execution == "realtime",
+            ensemble="latest" if p.control.execution == "realtime" else p.control.execution,
             ensemble_decay=p.control.ensemble_decay, refill_threshold=p.control.refill_threshold,
             dry_run=p.dry_run, needs_state=bool(meta["state_names"])))
         self._configure_interfaces(meta)
@@ -126,7 +127,26 @@ class PolicyNode(LifecycleNode):
             f"configured: {len(self.cams)} camera(s) {self.cams}, {len(self.joint_names)} joints, "
             f"action space {p.action_space}, output {p.output.mode}{' (dry run)' if p.dry_run else ''}, "
             f"{p.control.rate:g} Hz, chunk {meta['chunk_size']}x{meta['action_dim']} on {meta['device']} ({where})")
+        self.get_logger().info(self._execution_summary(meta))
+        if meta.get("emulated_latency"):
+            self.get_logger().warning(
+                f"EMULATED LATENCY ON: every inference is held back ({meta['emulated_latency']}) in the policy "
+                "server process to emulate a slower model (model.emulated_latency); a what-if tool, not for real use")
         return TransitionCallbackReturn.SUCCESS
+
+    def _execution_summary(self, meta) -> str:
+        p = self.p
+        chunk_s = meta["chunk_size"] / p.control.rate
+        if p.control.execution != "realtime":
+            return (f"execution {p.control.execution}: a request when {p.control.refill_threshold} actions or fewer "
+                    f"are left of a {chunk_s:g} s chunk")
+        how = meta.get("takes_committed") or ""
+        if not p.control.send_committed:
+            how = "not sent (control.send_committed false)"
+        elif not how:
+            how = "not taken by this policy (kept by the node)"
+        return (f"execution realtime: back-to-back requests, committed actions {how}; a {chunk_s:g} s chunk keeps "
+                f"the arm moving for inference latencies up to about {chunk_s / 2:.2g} s")
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         self.controller.activate(self._now())
@@ -206,7 +226,10 @@ class PolicyNode(LifecycleNode):
         load = dict(checkpoint=p.model.checkpoint, preset=p.model.preset, action_names=names, action_dim=dim,
                     state_names=list(p.joints.names), camera_names=list(p.cameras.names),
                     device=p.model.device, dtype=p.model.dtype, compile=p.model.compile,
-                    seed=p.model.seed, threads=p.model.threads)
+                    seed=p.model.seed, threads=p.model.threads,
+                    emulated_latency={"latency": p.model.emulated_latency, "p99": p.model.emulated_latency_p99,
+                                      "seed": p.model.seed},
+                    send_committed=p.control.execution == "realtime" and p.control.send_committed)
         if p.model.server:
             token_env = p.model.server_token_env
             token = os.environ.get(token_env, "") if token_env else ""

@@ -15,7 +15,7 @@ ACTION_SPACES = ("joint_position", "joint_delta", "ee_delta")
 OUTPUT_MODES = ("follow_joint_trajectory", "joint_trajectory", "forward_position", "twist", "pose")
 ROTATIONS = ("axis_angle", "euler", "quaternion")
 TRANSPORTS = ("raw", "compressed")
-ENSEMBLE_MODES = ("ensemble", "latest")
+EXECUTION_MODES = ("realtime", "ensemble", "latest")
 INF = float("inf")
 
 
@@ -58,6 +58,15 @@ SPEC: Spec = {
                              "reconnects). A request without an answer for 3 x control.inference_timeout drops "
                              "the connection and reconnects.", {"range": (0.1, 600.0)}),
     "model.seed": (Parameter.Type.INTEGER, 0, "Seed for sampling decoders (flow matching).", {"range": (0, 2**31 - 1)}),
+    "model.emulated_latency": (Parameter.Type.DOUBLE, 0.0,
+                               "What-if tool, off (0) by default: seconds added to every inference inside the policy "
+                               "server process (never in the control loop), to see how the robot behaves with a "
+                               "slower model (pi0 on a GPU: ~0.1 s; served over a network: 0.5-1 s). Logged loudly "
+                               "when on.", {"range": (0.0, 60.0)}),
+    "model.emulated_latency_p99": (Parameter.Type.DOUBLE, 0.0,
+                                   "With model.emulated_latency: 0 for a fixed delay, or the 99th percentile (s) of "
+                                   "a lognormal delay whose median is model.emulated_latency (latency with a tail, "
+                                   "as GPUs and networks have).", {"range": (0.0, 600.0)}),
     # -- inputs --------------------------------------------------------------------------
     "cameras.names": (Parameter.Type.STRING_ARRAY, ["front"],
                       "Camera names in the model's view order; camera N subscribes to "
@@ -140,14 +149,25 @@ SPEC: Spec = {
                                   "thread_priority; 0 keeps the normal scheduler. Needs the right to use real-time "
                                   "scheduling (root, CAP_SYS_NICE or an rtprio limit); without it the node logs a "
                                   "warning and runs on the normal scheduler.", {"range": (0, 99)}),
+    "control.execution": (Parameter.Type.STRING, "realtime",
+                          "How chunks become commands. realtime (Real-Time Chunking): the next chunk is requested "
+                          "as soon as the previous one is back, with the actions already queued for its first "
+                          "ticks and how many of them run before it can arrive (from the measured latency); the "
+                          "policy continues them and the new chunk takes over right after them, so a slow model "
+                          "neither stops the arm nor makes it jump (needs a chunk longer than about twice the "
+                          "latency). ensemble: ACT temporal ensembling of overlapping chunks, a request when "
+                          "control.refill_threshold actions are left. latest: the newest chunk wins, same "
+                          "requests.", {"choices": EXECUTION_MODES}),
+    "control.send_committed": (Parameter.Type.BOOL, True,
+                               "realtime: give the policy the committed actions (a model trained with them as "
+                               "input, or RTC guidance of a flow head, continues them; a policy that takes none "
+                               "never gets them). false: the node still executes them before switching.", {}),
     "control.refill_threshold": (Parameter.Type.INTEGER, 4,
-                                 "Request a new chunk when this many actions or fewer are left; keep it at least the "
-                                 "inference latency in control ticks (plus margin), or the queue runs dry.",
-                                 {"range": (0, 1000)}),
-    "control.ensemble": (Parameter.Type.STRING, "ensemble",
-                         "Blend overlapping chunks (ensemble, ACT temporal ensembling) or use the latest only.",
-                         {"choices": ENSEMBLE_MODES}),
-    "control.ensemble_decay": (Parameter.Type.DOUBLE, 0.01, "m in w_i = exp(-m i) (ACT).", {"range": (0.0, 10.0)}),
+                                 "ensemble/latest: request a new chunk when this many actions or fewer are left; keep "
+                                 "it at least the inference latency in control ticks (plus margin), or the queue runs "
+                                 "dry. realtime schedules requests itself.", {"range": (0, 1000)}),
+    "control.ensemble_decay": (Parameter.Type.DOUBLE, 0.01, "ensemble: m in w_i = exp(-m i) (ACT).",
+                               {"range": (0.0, 10.0)}),
     "control.inference_timeout": (Parameter.Type.DOUBLE, 2.0,
                                   "Seconds an inference may take before the arm holds.", {"range": (0.01, 600.0)}),
     "workspace.min": (Parameter.Type.DOUBLE_ARRAY, [-INF, -INF, -INF], "Workspace box lower corner (m) in ee.frame.", {}),

@@ -51,7 +51,7 @@ class TaskServer:
             message = f"aborted after {self.controller.steps} steps: {reason}"
             self.node.get_logger().info(f"ExecuteInstruction '{handle.request.instruction}': {message}")
             done.set_result(R(outcome=R.OUTCOME_ABORTED, message=message, steps=self.controller.steps,
-                              elapsed=max(0.0, self._now() - start)))
+                              held_steps=self.controller.dry_steps, elapsed=max(0.0, self._now() - start)))
 
     def destroy(self) -> None:
         self.node.destroy_timer(self.timer)
@@ -126,6 +126,7 @@ class TaskServer:
             del self._goals[key]
             {R.OUTCOME_SUCCEEDED: handle.succeed, R.OUTCOME_CANCELED: handle.canceled}.get(outcome, handle.abort)()
             self.node.get_logger().info(f"ExecuteInstruction '{goal.instruction}': {message}")
-            done.set_result(R(outcome=outcome, message=message, steps=c.steps, elapsed=elapsed))
+            done.set_result(R(outcome=outcome, message=message, steps=c.steps, held_steps=c.dry_steps,
+                              elapsed=elapsed))
         if not self._goals:
             self.timer.cancel()

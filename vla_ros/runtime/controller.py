@@ -13,6 +13,18 @@ that timeline by its stamp, its action i belonging to tick ``ceil((s - origin) /
 are already in the past when the chunk arrives are skipped, never executed late. A loop that
 wakes late takes the tick its clock says, skipping the missed ones (it never replays them).
 
+Execution. With `realtime` (the node's default, control.execution: realtime) a request leaves as
+soon as the previous answer is back and a new frame exists, and it carries the actions already
+queued for the new chunk's ticks (`committed`) and how many of them will have executed before the
+chunk can arrive (`inference_delay`, from the measured latency, runtime/latency.py). The policy
+continues those actions (training-time RTC, model/prefix.py; RTC guidance for flow heads,
+model/rtc.py) and the new chunk takes over right after them: its frozen first actions are the
+committed ones, so the switch repeats nothing and skips nothing. This is Real-Time Chunking's
+execution (Black et al. 2025): a slow model never makes the arm wait as long as its chunk is
+longer than about twice its latency. Without `realtime`, a request leaves when
+`refill_threshold` or fewer actions are left and overlapping chunks are blended (ACT's temporal
+ensembling) or the latest wins (chunk_queue.py).
+
 Inference. `take_request` hands out an observation (the newest frame of every camera, the
 joint state, the instruction) when the queue needs a refill, no request is in flight and
 every camera has a frame no request used yet (or the first of them has waited
@@ -36,6 +48,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vla_ros.runtime.chunk_queue import ChunkQueue
+from vla_ros.runtime.latency import LatencyEstimator
 from vla_ros.runtime.watchdog import Watchdog
 
 __all__ = ["Controller", "ControllerConfig", "Hold", "Observation", "TickResult"]
@@ -91,6 +104,7 @@ class ControllerConfig:
     dry_run: bool = False
     needs_state: bool = True            # the model takes proprioception
     frame_sync_window: float = 0.05     # s: wait this long for every camera's next frame (see take_request)
+    realtime: bool = False              # Real-Time Chunking execution (module docstring); ensemble is ignored
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,8 @@ class Observation:
     stamp: float                        # the newest frame's stamp (s, node clock)
     stamp_msg: Any                      # the same stamp as the caller gave it (e.g. builtin_interfaces/Time)
     start_tick: int                     # the tick that chunk[0] belongs to
+    committed: np.ndarray | None = None  # (n, D) actions queued for ticks start_tick .. (realtime)
+    inference_delay: int = 0            # how many of them execute before the chunk can arrive (frozen)
 
 
 @dataclass(frozen=True)
@@ -126,8 +142,13 @@ class Controller:
         self.cfg = cfg
         self.cameras = list(cfg.cameras)
         self.period = float(cfg.period)
-        self.queue = ChunkQueue(cfg.chunk_size, cfg.dim, mode=cfg.ensemble, ensemble_decay=cfg.ensemble_decay,
-                                refill_threshold=min(cfg.refill_threshold, cfg.chunk_size - 1))
+        # Realtime: the newest chunk wins from its first tick on (its frozen prefix repeats the queue's
+        # actions), and a request may leave whenever none is in flight.
+        self.queue = ChunkQueue(cfg.chunk_size, cfg.dim, mode="latest" if cfg.realtime else cfg.ensemble,
+                                ensemble_decay=cfg.ensemble_decay,
+                                refill_threshold=cfg.chunk_size - 1 if cfg.realtime
+                                else min(cfg.refill_threshold, cfg.chunk_size - 1))
+        self.latency = LatencyEstimator()
         timeouts = {f"camera:{c}": cfg.camera_timeout for c in self.cameras}
         timeouts["joint_states"] = cfg.joint_timeout
         timeouts.update(cfg.extra_inputs)
@@ -154,6 +175,7 @@ class Controller:
         self._in_flight_id: int | None = None
         self._error_hold: tuple[Hold, str] | None = None       # inference failure / unsafe command, until a chunk
         self.steps = 0
+        self.dry_steps = 0                                     # QUEUE_DRY ticks since the instruction/goal
         self.chunks = 0
         self.last_error = ""
         # Task success counts only on a false -> true edge after the goal started (a success still
@@ -252,14 +274,14 @@ class Controller:
             self.succeeded = False
             if changed or self._ended_hold is not None:
                 self._clear_queue()
-                self.steps = 0
+                self.steps = self.dry_steps = 0
             self._ended_hold = None
             return changed
 
     def start_task(self) -> None:
         """A goal starts now: reset the step count and arm the success edge."""
         with self._lock:
-            self.steps = 0
+            self.steps = self.dry_steps = 0
             self.succeeded = False
             self._success_armed = self._success_seen is not True
 
@@ -329,18 +351,61 @@ class Controller:
             newest = max(self.cameras, key=lambda c: self._frames[c][1])
             _, stamp, stamp_msg = self._frames[newest]
             start = math.ceil((stamp - self._origin) / self.period - 1e-6)
+            committed, delay = self._committed(start, now) if self.cfg.realtime else (None, 0)
             req = self.queue.mark_request(start)
             self._in_flight_id, self._in_flight_since = req, now
             self._unused.clear()
             return Observation(req, [self._frames[c][0] for c in self.cameras], self.instruction,
-                               None if self.state is None else self.state.copy(), stamp, stamp_msg, start)
+                               None if self.state is None else self.state.copy(), stamp, stamp_msg, start,
+                               committed, delay)
+
+    def _committed(self, start: int, now: float) -> tuple[np.ndarray | None, int]:
+        """The queued actions for ticks start, start + 1, ... (as many as are queued, at most a chunk)
+        and how many of them will have executed when a chunk requested now arrives: ticks up to the
+        one due at now + the latency estimate (the new chunk's frozen prefix)."""
+        actions = []
+        for tick in range(start, start + self.cfg.chunk_size):
+            a = self.queue.peek(tick)
+            if a is None:
+                break
+            actions.append(a)
+        if not actions:
+            return None, 0
+        latency = self.latency.estimate()
+        arrival_tick = self.tick_at(now + (latency or 0.0))
+        delay = min(len(actions), max(0, arrival_tick - start + 1))
+        return np.stack(actions), delay
+
+    def expected_delay_ticks(self) -> int | None:
+        """The latency estimate in control ticks (rounded up), None before the first answer."""
+        with self._lock:
+            est = self.latency.estimate()
+            return None if est is None else math.ceil(est / self.period - 1e-6)
 
     def add_chunk(self, obs: Observation, actions: np.ndarray, now: float) -> int:
         """The chunk computed from `obs`; returns how many of its actions are still ahead (0: dropped)."""
         with self._lock:
             if obs.request_id == self._in_flight_id:
+                if self._in_flight_since is not None:
+                    self.latency.add(now - self._in_flight_since)
                 self._in_flight_id = self._in_flight_since = None
-            kept = self.queue.add_chunk(actions, start_tick=obs.start_tick, request_id=obs.request_id)
+            if obs.inference_delay and obs.committed is not None:
+                # The frozen prefix executes as committed whatever the policy returned (a server that
+                # ignores it, e.g. openpi's): the switch to this chunk never repeats or skips an action.
+                actions = np.array(actions, dtype=np.float64, copy=True)
+                d = min(obs.inference_delay, len(actions))
+                actions[:d] = obs.committed[:d]
+            start = obs.start_tick
+            if self.cfg.realtime:
+                # The arm held still from the end of the committed actions until now (the first chunk of
+                # an instruction, or a chunk later than the queue lasted): it is where those actions left
+                # it, so the chunk resumes from its next action instead of skipping the held ticks' ones
+                # (which would start it mid-motion, as if it had moved).
+                n = 0 if obs.committed is None else len(obs.committed)
+                held = max(self.tick_at(now), self._last_tick + 1) - (start + n)
+                if held > 0:
+                    start += held
+            kept = self.queue.add_chunk(actions, start_tick=start, request_id=obs.request_id)
             if kept:
                 self._had_chunk = True
                 self._error_hold = None
@@ -403,6 +468,8 @@ class Controller:
                     action = self.queue.pop(tick)
                     if action is None:
                         hold = Hold.QUEUE_DRY if self._had_chunk else Hold.WAITING_FOR_CHUNK
+                        if hold is Hold.QUEUE_DRY:
+                            self.dry_steps += 1
                     elif self.dry_run:
                         hold = Hold.DRY_RUN
             else:

@@ -31,6 +31,7 @@ from ..imaging.preprocess import COLOR_ORDERS
 from ..model.compression import quantize_dynamic_int8
 from ..model.device import resolve_device
 from ..model.policy import VLAPolicy, make_generator
+from ..model.rtc import RTCSettings
 from ..model.types import Observation, PredictedChunk
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -46,6 +47,7 @@ class InferenceEngine:
         color_order: str = "rgb",
         quantize: str | None = None,
         seed: int | None = None,
+        rtc: RTCSettings | None = RTCSettings(),
     ):
         """
         policy: a VLAPolicy (usually from ``load_policy``); the engine puts it in eval mode.
@@ -57,6 +59,8 @@ class InferenceEngine:
         color_order: default channel order of incoming frames, "rgb" or "bgr".
         quantize: None or "int8" (dynamic int8 Linear layers; CPU only).
         seed: seed of the flow-matching noise generator (None: torch's global RNG).
+        rtc: Real-Time Chunking guidance of a flow head toward the committed actions a request
+            carries (model/rtc.py); None: no guidance (the frozen actions are still returned).
         """
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
@@ -80,6 +84,7 @@ class InferenceEngine:
             else:
                 warnings.warn("float16 autocast is not used on CPU; running in float32", stacklevel=2)
         self.color_order = color_order
+        self.rtc = rtc
         self.compiled = False
         if compile:
             for module in (self.policy.vision, self.policy.fusion, self.policy.head):
@@ -104,6 +109,17 @@ class InferenceEngine:
     def chunk_size(self) -> int:
         return self.config.chunk_size
 
+    @property
+    def takes_committed(self) -> str:
+        """How the policy continues committed actions: "prefix" (trained with them as input,
+        training-time RTC), "guidance" (RTC inpainting of a flow head), "prefix+guidance", or ""."""
+        ways = []
+        if self.config.action_prefix:
+            ways.append("prefix")
+        if self.rtc is not None and self.rtc.applies(self.policy.head):
+            ways.append("guidance")
+        return "+".join(ways)
+
     def seed(self, seed: int) -> None:
         """Reset the noise generator: the following sequence of chunks is reproducible."""
         self._generator = make_generator(seed, self.device)
@@ -127,6 +143,8 @@ class InferenceEngine:
         *,
         seed: int | None = None,
         color_order: str | Sequence[str] | None = None,
+        committed: np.ndarray | None = None,
+        inference_delay: int = 0,
     ) -> PredictedChunk:
         """Camera frames + instruction (+ state in robot units) -> PredictedChunk in robot units.
 
@@ -134,12 +152,15 @@ class InferenceEngine:
             size (resized and center-cropped here), or a preprocessed float tensor.
         seed: use a fresh generator seeded with this value for this call only.
         color_order: override the engine's default ("rgb"/"bgr"), globally or per camera.
+        committed / inference_delay: the actions the robot has queued for the chunk's first steps
+            (robot units) and how many of them execute before this chunk can take over; the chunk
+            starts with those exactly and continues them (types.Observation).
         """
-        observation = Observation(images, instruction, state)
+        observation = Observation(images, instruction, state, committed, inference_delay)
         gen = make_generator(seed, self.device) if seed is not None else self._generator
         with self._lock:
             chunk = self.policy.predict(observation, gen, color_order=color_order or self.color_order,
-                                        autocast=self._autocast, sync=self._sync)
+                                        autocast=self._autocast, sync=self._sync, rtc=self.rtc)
         if not np.isfinite(chunk.actions).all():
             raise RuntimeError("the policy produced non-finite actions (NaN/inf); refusing to return them")
         self.last_timings = chunk.timings

@@ -183,6 +183,9 @@ class PolicyProcess:
             msg = {"type": "infer", "id": obs.request_id, "slot": slot, "instruction": obs.instruction,
                    "state": None if obs.state is None else [float(x) for x in obs.state],
                    "images": images, "buffers": new}
+            if self._sends_committed(obs):
+                msg["committed"] = np.asarray(obs.committed, np.float64).tolist()
+                msg["inference_delay"] = int(obs.inference_delay)
             self._pending[obs.request_id] = (obs, time.perf_counter())
             sock = self._sock
         try:
@@ -193,6 +196,11 @@ class PolicyProcess:
             self.on_failure(obs, f"could not send to the policy server: {exc}")
             return False
         return True
+
+    def _sends_committed(self, obs: Observation) -> bool:
+        """Committed actions go to a policy that continues them (metadata "takes_committed"), when asked to."""
+        return (obs.committed is not None and bool(self.load_cfg.get("send_committed"))
+                and bool(self.metadata.get("takes_committed")))
 
     # ------------------------------------------------------------------ answers and supervision
     def _read(self, sock, proc) -> None:
@@ -266,6 +274,7 @@ class InProcessPolicy:
         self._busy = False
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._emulated = None
 
     def start(self) -> dict:
         from vla_ros.runtime.policy_loader import load_engine
@@ -279,8 +288,14 @@ class InProcessPolicy:
             device=c.get("device", "auto"), dtype=c.get("dtype", "float32"), compile=c.get("compile", False),
             seed=c.get("seed", 0), warmup=c.get("warmup", 2), log=lambda t: self.log("warning", t))
         e = self._engine
+        from vla_ros.runtime.emulated_latency import EmulatedLatency
+        try:
+            self._emulated = EmulatedLatency.from_config(c)
+        except ValueError as exc:
+            raise PolicyLoadError(str(exc)) from exc
         self.metadata = {"action_names": e.action_names, "state_names": e.state_names, "chunk_size": e.chunk_size,
-                         "action_dim": e.action_dim, "device": e.device}
+                         "action_dim": e.action_dim, "device": e.device, "takes_committed": e.takes_committed,
+                         "emulated_latency": self._emulated.describe() if self._emulated else ""}
         self._thread = threading.Thread(target=self._run, name="vla_inference", daemon=True)
         self._thread.start()
         return self.metadata
@@ -313,8 +328,14 @@ class InProcessPolicy:
                 obs, self._next, self._busy = self._next, None, True
             t0 = time.perf_counter()
             try:
-                chunk = self._engine.infer(obs.images, obs.instruction, obs.state)
+                send = obs.committed is not None and self.load_cfg.get("send_committed") and \
+                    self.metadata.get("takes_committed")
+                chunk = self._engine.infer(obs.images, obs.instruction, obs.state,
+                                           committed=obs.committed if send else None,
+                                           inference_delay=obs.inference_delay if send else 0)
                 actions = np.asarray(chunk.actions, dtype=np.float64)
+                if self._emulated is not None:  # this thread, never the control loop
+                    self._emulated.wait()
             except Exception as exc:  # noqa: BLE001 - reported; the arm holds
                 failure = f"{type(exc).__name__}: {exc}"
             else:

@@ -39,9 +39,11 @@ class LoadedEngine:
         self.chunk_size = int(self.config.chunk_size)
         self.action_dim = len(self.action_names)
         self.device = str(engine.device)
+        self.takes_committed = engine.takes_committed
 
-    def infer(self, images, instruction, state):
-        return self.engine.infer(images, instruction, state if self.state_names else None)
+    def infer(self, images, instruction, state, committed=None, inference_delay=0):
+        return self.engine.infer(images, instruction, state if self.state_names else None,
+                                 committed=committed, inference_delay=inference_delay)
 
 
 def load_engine(checkpoint: str, preset: str, action_names: Sequence[str] | None, action_dim: int,

@@ -6,15 +6,21 @@ and supervises it. The conversation (JSON messages, see ipc.py):
     node -> server  {"type": "load", checkpoint, preset, action_names, action_dim, state_names,
                      camera_names, device, dtype, compile, seed, threads, warmup}
     server -> node  {"type": "log", "level", "text"}                 (any number, while loading)
-                    {"type": "ready", action_names, state_names, chunk_size, action_dim, device, warmup_ms}
+                    {"type": "ready", action_names, state_names, chunk_size, action_dim, device, warmup_ms,
+                     takes_committed, emulated_latency}
                  or {"type": "error", "message"} and exit 2          (the model cannot be used)
     node -> server  {"type": "infer", "id", "slot", "instruction", "state",
-                     "images": [{"key", "shape", "dtype"}], "buffers": [{"key", "size"}]}
+                     "images": [{"key", "shape", "dtype"}], "buffers": [{"key", "size"}],
+                     "committed": [[...]] or null, "inference_delay"}   (Real-Time Chunking, controller.py)
                     (the descriptors of new image buffers travel with the message, in "buffers" order;
                      a new buffer's "replaces" names the outgrown one it supersedes)
     server -> node  {"type": "result", "id", "actions": [[...]], "timings"}
                  or {"type": "failed", "id", "error"}
                  or {"type": "skipped", "id"}                        (a newer request was already waiting)
+
+With "emulated_latency" in the load message ({"latency", "p99", "seed"}: model.emulated_latency),
+every answer is held back by that many seconds after the model ran (runtime/emulated_latency.py): a
+slow model, emulated here and never in the node's control loop.
 
 It serves one request at a time; requests that queued up while it was busy are answered
 "skipped" except the newest. It ignores SIGINT (a Ctrl-C in the terminal reaches the whole
@@ -38,6 +44,12 @@ from vla_ros.runtime import ipc
 def _load(sock, cfg: dict):
     from vla_ros.runtime.errors import PolicyLoadError
 
+    from vla_ros.runtime.emulated_latency import EmulatedLatency
+    try:
+        emulated = EmulatedLatency.from_config(cfg)
+    except ValueError as exc:
+        ipc.send(sock, {"type": "error", "message": str(exc)})
+        return None
     if cfg.get("threads", 0) > 0 and not cfg.get("server"):
         import torch
         torch.set_num_threads(int(cfg["threads"]))
@@ -51,7 +63,9 @@ def _load(sock, cfg: dict):
             return None
         ipc.send(sock, {"type": "ready", "action_names": engine.action_names, "state_names": engine.state_names,
                         "chunk_size": engine.chunk_size, "action_dim": engine.action_dim, "device": engine.device,
-                        "load_s": time.perf_counter() - t0, "server_metadata": _plain(engine.metadata)})
+                        "load_s": time.perf_counter() - t0, "server_metadata": _plain(engine.metadata),
+                        "takes_committed": engine.takes_committed, "emulated_latency": _describe(emulated)})
+        engine.emulated = emulated
         return engine
     from vla_ros.runtime.policy_loader import load_engine
     try:
@@ -66,8 +80,14 @@ def _load(sock, cfg: dict):
         return None
     ipc.send(sock, {"type": "ready", "action_names": engine.action_names, "state_names": engine.state_names,
                     "chunk_size": engine.chunk_size, "action_dim": engine.action_dim, "device": engine.device,
-                    "load_s": time.perf_counter() - t0})
+                    "load_s": time.perf_counter() - t0, "takes_committed": engine.takes_committed,
+                    "emulated_latency": _describe(emulated)})
+    engine.emulated = emulated
     return engine
+
+
+def _describe(emulated) -> str:
+    return emulated.describe() if emulated is not None else ""
 
 
 def _plain(meta: dict) -> dict:
@@ -126,9 +146,15 @@ def _serve_requests(sock, engine) -> int:
         try:
             images = [buffers[im["key"]].array(im["shape"], im["dtype"]) for im in req["images"]]
             state = None if req.get("state") is None else np.asarray(req["state"], dtype=np.float32)
-            chunk = engine.infer(images, req["instruction"], state)
+            committed = req.get("committed")
+            committed = None if committed is None else np.asarray(committed, dtype=np.float32)
+            chunk = engine.infer(images, req["instruction"], state, committed=committed,
+                                 inference_delay=int(req.get("inference_delay") or 0))
+            timings = dict(chunk.timings)
+            if engine.emulated is not None:  # a slow model, emulated: the answer leaves late
+                timings["emulated"] = engine.emulated.wait() * 1e3
             reply = {"type": "result", "id": req["id"], "actions": np.asarray(chunk.actions, np.float64).tolist(),
-                     "timings": chunk.timings}
+                     "timings": timings}
         except Exception as exc:  # noqa: BLE001 - any failure is reported to the node, which holds the arm
             reply = {"type": "failed", "id": req["id"], "error": f"{type(exc).__name__}: {exc}"}
         images = None  # no view into a buffer may outlive the request: an outgrown buffer is unmapped

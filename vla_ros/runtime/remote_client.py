@@ -116,7 +116,13 @@ class RemoteEngine:
         self._drop()
 
     # ------------------------------------------------------------------ inference
-    def infer(self, images, instruction, state) -> RemoteChunk:
+    @property
+    def takes_committed(self) -> str:
+        """What the server's metadata says its model does with committed actions ("" for openpi's)."""
+        value = (self._meta or {}).get("takes_committed")
+        return value if isinstance(value, str) and self.binding is not None and self.binding.identity else ""
+
+    def infer(self, images, instruction, state, committed=None, inference_delay=0) -> RemoteChunk:
         import websockets
         now = time.monotonic()
         if self.ws is None:
@@ -133,7 +139,12 @@ class RemoteEngine:
                 raise ConnectionError(f"reconnected to {self.uri} but {exc}") from exc
             self.backoff = BACKOFF_START
             self.log("info", f"reconnected to the policy server at {self.uri}")
-        payload = wire.packb(self.binding.request(images, instruction, state))
+        request = self.binding.request(images, instruction, state)
+        if committed is not None and len(committed) and self.takes_committed:
+            meta = self._meta
+            request[meta.get("committed_key", "committed_actions")] = np.asarray(committed, np.float32)
+            request[meta.get("delay_key", "inference_delay")] = int(min(inference_delay, len(committed)))
+        payload = wire.packb(request)
         t0 = time.perf_counter()
         try:
             self.ws.send(payload)

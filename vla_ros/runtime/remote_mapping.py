@@ -277,6 +277,11 @@ class Binding:
             if c >= action_dim:
                 raise MappingError(f"{m.source}: actions.per_second names column {c}; the robot has {action_dim}")
             self.scale[c] *= period
+        # The robot's actions are the server's, unchanged: committed actions can go back to the server as they
+        # are (Real-Time Chunking); with any conversion they stay on the robot's side.
+        self.identity = (self.columns == list(range(action_dim)) and (not isinstance(server_dim, int)
+                         or server_dim == action_dim) and bool(np.all(self.scale == 1.0))
+                         and bool(np.all(self.offset == 0.0)))
 
     # ------------------------------------------------------------------ requests and replies
     def request(self, images, instruction: str, state) -> dict:

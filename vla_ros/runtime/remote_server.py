@@ -16,7 +16,12 @@ same protocol, so that client (and the policy node with `model.server`) works ag
 The observation keys (also in the metadata, so a client can read them): ``observation/images/<camera>``
 per checkpoint camera (uint8 H x W x 3 RGB, any size up to --max-image-side; the engine resizes),
 ``observation/state`` (float, the metadata's state_names, in robot units) when the model takes state,
-and ``prompt`` (str). No pickle anywhere: msgpack-numpy (vla_ros/runtime/msgpack_wire.py) only.
+and ``prompt`` (str). Optional, for Real-Time Chunking (the metadata's ``takes_committed`` says how
+the model uses them): ``committed_actions`` (float (n, D), n <= chunk_size, robot units: the actions
+the robot has queued for the chunk's first n steps) and ``inference_delay`` (int, how many of them
+execute before the chunk can arrive); clients that do not send them (openpi's) are served as before.
+``--emulated-latency`` holds every answer back by that many seconds after the model ran, inside the
+one-inference-at-a-time lock, as a slow GPU would (runtime/emulated_latency.py). No pickle anywhere: msgpack-numpy (vla_ros/runtime/msgpack_wire.py) only.
 
     vla-ros serve --checkpoint checkpoints/sim_demo [--port 8000] [--host 127.0.0.1] [--device cuda]
 """
@@ -43,6 +48,8 @@ PROTOCOL_VERSION = 1
 IMAGE_KEY = "observation/images/{}"
 STATE_KEY = "observation/state"
 PROMPT_KEY = "prompt"
+COMMITTED_KEY = "committed_actions"
+DELAY_KEY = "inference_delay"
 log = logging.getLogger("vla_ros.serve")
 
 
@@ -70,7 +77,30 @@ def checkpoint_metadata(checkpoint: str, engine, max_image_side: int, max_prompt
         "state_names": list(engine.state_names), "state_key": STATE_KEY if engine.state_names else None,
         "prompt_key": PROMPT_KEY, "instruction_free": False, "max_prompt_length": max_prompt,
         "device": engine.device,
+        # Real-Time Chunking: how the model continues committed actions ("prefix", "guidance", both, or
+        # "": it does not, the client keeps them itself) and the keys that carry them.
+        "takes_committed": engine.takes_committed, "committed_key": COMMITTED_KEY, "delay_key": DELAY_KEY,
     }
+
+
+def parse_committed(obs, meta: dict) -> tuple[np.ndarray | None, int]:
+    """The optional committed actions and inference delay of a request, or RequestError."""
+    c = obs.get(COMMITTED_KEY)
+    if c is None:
+        return None, 0
+    D, H = meta["action_dim"], meta["chunk_size"]
+    if not isinstance(c, np.ndarray) or c.dtype.kind not in "fiu" or c.ndim != 2 or c.shape[1] != D \
+            or not 1 <= c.shape[0] <= H:
+        raise RequestError(f"{COMMITTED_KEY!r} must be a numeric array of shape (n, {D}) with 1 <= n <= {H}, "
+                           f"got {_describe(c)}")
+    c = c.astype(np.float32)
+    if not np.isfinite(c).all():
+        raise RequestError(f"{COMMITTED_KEY!r} has non-finite values")
+    d = obs.get(DELAY_KEY, 0)
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 0 <= int(d) <= c.shape[0]:
+        raise RequestError(f"{DELAY_KEY!r} must be an integer in [0, {c.shape[0]}] (the committed actions), "
+                           f"got {_describe(d)}")
+    return c, int(d)
 
 
 def parse_request(obs, meta: dict) -> tuple[list[np.ndarray], str, np.ndarray | None]:
@@ -122,8 +152,9 @@ class PolicyServer:
     """An engine served over websockets: one inference at a time, any number of connections."""
 
     def __init__(self, engine, metadata: dict, host: str = "127.0.0.1", port: int = 8000,
-                 token: str | None = None, max_message_bytes: int = 64 << 20):
+                 token: str | None = None, max_message_bytes: int = 64 << 20, emulated=None):
         self.engine, self.metadata = engine, metadata
+        self.emulated = emulated  # EmulatedLatency or None
         self.host, self.port, self.token = host, port, token
         self.max_message_bytes = max_message_bytes
         self.served = 0
@@ -160,9 +191,12 @@ class PolicyServer:
                 except wire.WireError as exc:
                     raise RequestError(str(exc)) from exc
                 images, prompt, state = parse_request(obs, self.metadata)
+                committed, delay = parse_committed(obs, self.metadata)
                 t1 = time.monotonic()
                 async with self._lock:  # one inference at a time, whatever the number of clients
-                    chunk = await asyncio.to_thread(self.engine.infer, images, prompt, state)
+                    chunk = await asyncio.to_thread(self.engine.infer, images, prompt, state, committed, delay)
+                    if self.emulated is not None:  # a slow model, emulated: the GPU stays busy meanwhile
+                        await asyncio.sleep(self.emulated.sample())
                 t2 = time.monotonic()
             except RequestError as exc:
                 self.refused += 1
@@ -229,6 +263,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-message-mb", type=float, default=64.0,
                    help="largest request accepted (MiB); a larger one closes that connection (code 1009)")
     p.add_argument("--ready-file", default="", help="write the port here once serving (tests, scripts)")
+    p.add_argument("--emulated-latency", type=float, default=0.0, metavar="S",
+                   help="what-if: hold every answer back by S seconds after the model ran, as a slower model "
+                        "would (e.g. 0.5 for pi0 served over a network); default 0: off")
+    p.add_argument("--emulated-latency-p99", type=float, default=0.0, metavar="S",
+                   help="with --emulated-latency: lognormal delays whose median is --emulated-latency and whose "
+                        "99th percentile is S (GPU and network latency have tails); default 0: fixed")
 
 
 def load_for_serving(args, log_fn=print):
@@ -254,6 +294,17 @@ def run_serve_cli(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("listening on %s without a token: anyone who reaches this port can drive the policy "
                     "(see README: Serving a policy over the network)", args.host)
+    from vla_ros.runtime.emulated_latency import EmulatedLatency
+    try:
+        emulated = EmulatedLatency(args.emulated_latency, args.emulated_latency_p99, args.seed)
+    except ValueError as exc:
+        print(f"[vla-ros serve] --emulated-latency: {exc}", file=sys.stderr)
+        return 2
+    if emulated.enabled:
+        log.warning("EMULATED LATENCY ON: every answer is held back (%s) to emulate a slower model; "
+                    "this is a what-if tool, not for real use", emulated.describe())
+    else:
+        emulated = None
     t0 = time.perf_counter()
     try:
         engine = load_for_serving(args, lambda text: log.warning("%s", text))
@@ -261,7 +312,7 @@ def run_serve_cli(args) -> int:
         print(f"[vla-ros serve] cannot load the policy: {exc}", file=sys.stderr)
         return 2
     meta = checkpoint_metadata(args.checkpoint, engine, args.max_image_side, args.max_prompt_length)
-    server = PolicyServer(engine, meta, args.host, args.port, token, int(args.max_message_mb * (1 << 20)))
+    server = PolicyServer(engine, meta, args.host, args.port, token, int(args.max_message_mb * (1 << 20)), emulated)
 
     async def main():
         stop = asyncio.Event()
