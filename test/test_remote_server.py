@@ -137,3 +137,42 @@ def test_healthz_answers_and_a_connection_without_the_token_is_refused(server):
     with pytest.raises(websockets.InvalidStatus):
         WebsocketClientPolicy("127.0.0.1", port, api_key="wrong")
     assert client(server).infer(observation())["actions"].shape == (8, 7)
+
+
+def test_committed_actions_come_back_as_the_chunks_frozen_start(server):
+    """Real-Time Chunking over the wire: a request may carry the actions the robot has committed and
+    how many run before the answer can; the chunk starts with exactly those. openpi's client sends them
+    as plain extra keys; without them (above) nothing changes."""
+    c = client(server)
+    meta = c.get_server_metadata()
+    assert meta["committed_key"] == "committed_actions" and meta["delay_key"] == "inference_delay"
+    assert meta["takes_committed"] == ""  # the tiny preset was not trained with a prefix, nor is it a flow head
+    committed = np.linspace(-0.01, 0.01, 5 * 7, dtype=np.float32).reshape(5, 7)
+    obs = observation(3) | {"committed_actions": committed, "inference_delay": 3}
+    actions = c.infer(obs)["actions"]
+    np.testing.assert_array_equal(actions[:3], committed[:3])
+    for bad, text in [({"committed_actions": np.zeros((9, 7), np.float32)}, "with 1 <= n <= 8"),
+                      ({"committed_actions": np.zeros((2, 6), np.float32)}, "of shape (n, 7)"),
+                      ({"committed_actions": committed, "inference_delay": 6}, "must be an integer in [0, 5]")]:
+        with pytest.raises(RuntimeError, match="Error in inference server") as err:
+            c.infer(observation(4) | bad)
+        assert text in str(err.value)
+
+
+def test_serve_with_emulated_latency_holds_every_answer_back(tmp_path):
+    port_file = tmp_path / "port"
+    proc = RosProcess(executable("serve_policy", "--preset", "tiny", "--port", "0", "--threads", "1",
+                                 "--ready-file", str(port_file), "--emulated-latency", "0.3"), tmp_path / "serve.log")
+    try:
+        wait_for(lambda: port_file.exists() and port_file.read_text().strip(), what="serve_policy listening",
+                 process=proc)
+        c = WebsocketClientPolicy("127.0.0.1", int(port_file.read_text()))
+        import time
+        for seed in range(2):
+            t0 = time.perf_counter()
+            reply = c.infer(observation(seed))
+            assert time.perf_counter() - t0 >= 0.3
+            assert reply["server_timing"]["infer_ms"] >= 300  # held inside the server's one-at-a-time lock
+    finally:
+        assert proc.stop() == 0
+    assert "EMULATED LATENCY ON" in proc.output()
