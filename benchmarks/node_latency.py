@@ -47,6 +47,7 @@ SCENARIOS = {
     "1cam_640": (30.0, 1, 640, 480, "server"),
     "4cam_640": (30.0, 4, 640, 480, "server"),
     "100hz_fifo": (100.0, 1, 96, 96, "server"),  # + control.realtime_priority 50 (SCHED_FIFO)
+    "100hz_ensemble": (100.0, 1, 96, 96, "server"),  # + control.execution ensemble (before realtime execution)
 }
 GROUPS = {"default": list(SCENARIOS), "quick": ["30hz", "100hz"]}
 
@@ -84,6 +85,8 @@ def run_node(name: str, seconds: float, preset: str, threads: int):
            "-p", f"model.process:={process}", "-p", f"cameras.names:=[{','.join(names)}]"]
     if name.endswith("_fifo"):
         cmd += ["-p", "control.realtime_priority:=50"]
+    if name.endswith("_ensemble"):
+        cmd += ["-p", "control.execution:=ensemble"]
     log = open(ROOT / "benchmarks" / "results" / f"node_latency_{name}.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     node = rclpy.create_node(f"node_latency_bench_{name}")

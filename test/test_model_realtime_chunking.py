@@ -100,8 +100,9 @@ def test_a_prefix_conditioned_policy_learns_to_continue_the_committed_actions():
     without them it can only guess the average."""
     torch.manual_seed(0)
     H = 8
-    cfg = tiny_config(action_head="continuous", chunk_size=H, action_prefix=4, language_encoder="simple",
-                      unnormalized_names=[])
+    # every sample gets a prefix here (action_prefix_dropout 0): only the prefix carries the slope
+    cfg = tiny_config(action_head="continuous", chunk_size=H, action_prefix=4, action_prefix_dropout=0.0,
+                      language_encoder="simple", unnormalized_names=[])
     robot = RobotInterface(action_names=["x"], camera_names=["front"], state_names=["j1"])
     g = torch.Generator().manual_seed(1)
 

@@ -127,10 +127,15 @@ class VLAConfig:
     # Conditioning for Efficient Real-Time Chunking"; Legato, RSS 2026): the first d actions
     # of the chunk are given as input (the actions the robot executes while this chunk is
     # being computed, a slow model's inference delay) and the model predicts the rest so
-    # that it continues them. Training samples d uniformly in 0..action_prefix per sample
-    # and leaves the given steps out of the loss; at inference the node passes the actions
+    # that it continues them. Training samples d per sample (see action_prefix_dropout, then
+    # uniform in 1..action_prefix) and leaves the given steps out of the loss; at inference the node passes the actions
     # it has committed (model/prefix.py). Works for every head. 0: off.
     action_prefix: int = 0
+    # Share of training samples given no prefix at all (d = 0). Given the chunk's own first actions,
+    # a policy can predict the rest by extrapolating them and learn to ignore the cameras ("copycat",
+    # measured here: trained with d uniform in 0..16 on the sim demos, it failed every episode with
+    # or without a prefix); samples without one make it act from the observation.
+    action_prefix_dropout: float = 0.5
 
     # ---------------------------------------------------------------- normalization
     # "quantile" (q01..q99 -> [-1, 1], clipped; pi0 / OpenVLA), "mean_std" or "min_max".
@@ -223,6 +228,9 @@ class VLAConfig:
             fail("num_bins", "must be >= 2")
         one_of("flow_time_sampling", FLOW_TIME_SAMPLINGS)
         non_negative("action_prefix")
+        if not isinstance(self.action_prefix_dropout, (int, float)) or isinstance(self.action_prefix_dropout, bool) \
+                or not 0.0 <= self.action_prefix_dropout <= 1.0:
+            fail("action_prefix_dropout", "must be a number in [0, 1]")
         if self.action_prefix >= self.chunk_size:
             fail("action_prefix", f"must be below chunk_size={self.chunk_size} (some actions must be predicted)")
 

@@ -267,7 +267,7 @@ class VLAPolicy(nn.Module):
         fused = self.encode(images, instructions, state_n)
         if self.prefix is not None:
             # Training-time RTC: each sample's first d actions are given and left out of the loss.
-            d = sample_prefix_lengths(B, self.config.action_prefix, dev, generator)
+            d = sample_prefix_lengths(B, self.config.action_prefix, dev, generator, self.config.action_prefix_dropout)
             prefix, given = prefix_inputs(actions_n, d)
             fused = self.condition_on_prefix(fused, prefix, given)
             is_pad = given if is_pad is None else (is_pad | given)

@@ -7,8 +7,12 @@ a different plan and the arm jumps or stutters at the switch. Training-time Real
 (Black, Galliker, Levine 2025, "Training-Time Action Conditioning for Efficient Real-Time
 Chunking"; Legato, RSS 2026) gives the committed actions to the model as input:
 
-* training: per sample, d ~ Uniform{0, ..., action_prefix}; the chunk's own first d
-  (normalized) actions are the prefix, and those steps are left out of the loss;
+* training: per sample, d = 0 with probability ``action_prefix_dropout`` (0.5), else
+  d ~ Uniform{1, ..., action_prefix}; the chunk's own first d (normalized) actions are the
+  prefix, and those steps are left out of the loss. Without the samples that get no prefix, a
+  policy learns to extrapolate the given actions and ignore its cameras (the "copycat" problem of
+  behaviour cloning with action history): on the sim demos, d uniform in 0..16 gave a policy that
+  failed every closed-loop episode, with or without a prefix;
 * inference: the node passes the actions it has committed for the chunk's first ticks
   (``inference_delay`` of them: the ticks that pass while the model runs); the model gets
   the first ``min(delay, action_prefix)`` of them, and the returned chunk starts with the
@@ -61,8 +65,11 @@ def prefix_inputs(actions: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.T
     return actions * mask[..., None].to(actions.dtype), mask
 
 
-def sample_prefix_lengths(batch: int, max_prefix: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
-    """d ~ Uniform{0, ..., max_prefix} per sample (B,) int64; the training-time delay."""
+def sample_prefix_lengths(batch: int, max_prefix: int, device, generator: torch.Generator | None = None,
+                          dropout: float = 0.0) -> torch.Tensor:
+    """The training-time delay per sample (B,) int64: 0 with probability ``dropout`` (the model must
+    also act from the observation alone), else d ~ Uniform{1, ..., max_prefix}."""
     gen_device = generator.device if generator is not None else device
-    d = torch.randint(0, max_prefix + 1, (batch,), generator=generator, device=gen_device)
-    return d.to(device)
+    d = torch.randint(1, max_prefix + 1, (batch,), generator=generator, device=gen_device)
+    drop = torch.rand(batch, generator=generator, device=gen_device) < dropout
+    return torch.where(drop, torch.zeros_like(d), d).to(device)

@@ -12,8 +12,13 @@ the inference delay d), decay over the rest of the leftover, and are 0 beyond it
     r2 = (1 - t)^2 / (t^2 + (1 - t)^2)
 
 Our time convention is the paper's (t = 0 noise, t = 1 data; x_t = (1 - t) noise + t A), so
-the formula is used as written. LeRobot's pi0 integrates from t = 1 (noise) to 0 and flips
-signs accordingly. Everything here is in normalized action units. The frozen actions are then
+the formula is used as written; the weight simplifies to min(beta, (t^2 + (1 - t)^2) / (t (1 - t))),
+beta at t = 0. LeRobot's pi0 integrates from t = 1 (noise) to 0 and flips signs accordingly (same
+weight, same schedules: its LINEAR is our "linear", EXP our "exp"). Two choices differ from LeRobot
+(read at commit 7427f318): beta defaults to the paper's 5 (LeRobot: 10), and the vector-Jacobian
+product goes through the action expert as in the paper and Physical Intelligence's Kinetix code
+(LeRobot computes v before marking x_t as requiring grad, so its correction is the weighted error
+itself). Everything here is in normalized action units. The frozen actions are then
 returned exactly by the policy (model/policy.py): guidance makes the *rest* continue them.
 
 Training-time RTC (model/prefix.py) is the other route, for every head; the two combine.

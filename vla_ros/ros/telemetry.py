@@ -110,6 +110,9 @@ class Telemetry:
                 ("latency_p99_ms", f"{msg.latency_p99 * 1e3:.1f}"), ("queue_depth", str(msg.queue_depth)),
                 ("dropped_frames", str(msg.dropped_frames)),
                 ("frames_received", str(c.frames_received)), ("dry_ticks", str(c.queue.dry_ticks)),
+                ("execution", self.p.control.execution),
+                ("inference_delay_ticks", str(c.expected_delay_ticks() if c.expected_delay_ticks() is not None
+                                              else "")),
                 ("model_p50_ms", f"{np.percentile(list(self.model_ms) or [0.0], 50):.2f}"),
                 ("model_p99_ms", f"{np.percentile(list(self.model_ms) or [0.0], 99):.2f}"),
                 ("control_rate_hz", f"{self.p.control.rate:g}"),
