@@ -28,7 +28,9 @@ smoke: setup  ## start the policy node with the tiny model and show it commandin
 # The shipped checkpoints/sim_demo: 700 expert episodes (seeds 1000..1699: 200 touch, 300 push,
 # 200 pick), then 6000 steps of behaviour cloning at batch 64 on 1 CPU thread with the training
 # instructions rewritten from config/instructions/sim_tasks.json; the best-by-validation policy is
-# shipped. One thread: a 2-thread run slows down several-fold when anything else wants a core.
+# shipped. Its chunk is 32 actions (3.2 s at 10 Hz; config/models/sim_demo.json) so that a model
+# up to ~1.6 s slow keeps the arm moving (README: Slow models). One thread: a 2-thread run slows
+# down several-fold when anything else wants a core.
 DEMO_BAGS := data/demo_bags
 DEMO_RUN := data/train_demo
 train-demo: setup  ## collect expert demonstrations in the sim and train checkpoints/sim_demo (50 min on 2 cores, measured)

@@ -24,6 +24,10 @@ plot are made from every row in the JSON.
     python benchmarks/latency_tolerance.py [--checkpoint label=path ...] [--strategies realtime ensemble]
         [--latencies 0 0.1 0.25 0.5 1.0 2.0] [--episodes 20] [--append]
 
+With --via-server each row starts `vla-ros serve --checkpoint PATH --emulated-latency L` on loopback
+and the node drives the robot through it (model.server, the default vla_ros mapping): the latency
+is then added in the remote server, behind the websocket, as a GPU box on the network would add it.
+
 The simulation runs at real time (real_time_factor 1): emulated latency is wall-clock time in the
 policy server, so the robot must live on the same clock. Run it on a quiet machine.
 """
@@ -59,6 +63,38 @@ def row_params(strategy: str, latency: float, p99: float) -> dict:
     # a user of a 2 s model raises it the same way.
     params["control.inference_timeout"] = max(2.0, 2.0 * max(latency, p99))
     return params
+
+
+class Server:
+    """`vla-ros serve` on loopback for one row (--via-server), stopped by pid."""
+
+    def __init__(self, checkpoint: str, latency: float, p99: float, log_path: Path):
+        import subprocess
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.ready = log_path.with_suffix(".port")
+        self.ready.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "vla_ros.cli", "serve", "--checkpoint", checkpoint, "--port", "0",
+               "--threads", "1", "--ready-file", str(self.ready), "--emulated-latency", str(latency),
+               "--emulated-latency-p99", str(p99)]
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while not (self.ready.exists() and self.ready.read_text().strip()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"vla-ros serve did not start; see {log_path}")
+            time.sleep(0.1)
+        self.uri = f"ws://127.0.0.1:{int(self.ready.read_text())}"
+
+    def stop(self):
+        import signal
+        import subprocess
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
 
 
 def summarize_row(report: dict, label: str, checkpoint: str, strategy: str, latency: float, p99: float) -> dict:
@@ -139,6 +175,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(RESULTS / "latency_tolerance.json"))
     p.add_argument("--plot", default=str(RESULTS / "latency_tolerance.png"))
     p.add_argument("--append", action="store_true", help="keep the rows already in --out (replacing same keys)")
+    p.add_argument("--via-server", action="store_true",
+                   help="serve each checkpoint with vla-ros serve (the latency emulated there) and drive the robot "
+                        "through it (model.server); rows are labelled '<label> via serve'")
     args = p.parse_args(argv)
     from vla_ros.ros.closed_loop import evaluate
 
@@ -155,13 +194,24 @@ def main(argv=None) -> int:
                 p99 = args.p99 if latency > 0 else 0.0
                 print(f"[latency_tolerance] {label} / {strategy} / {latency:g} s"
                       + (f" (p99 {p99:g} s)" if p99 else "") + f": {args.episodes} scenes per family", flush=True)
-                report = evaluate(path, families=tuple(args.families), episodes=args.episodes, seed=args.seed,
-                                  timeout=args.timeout, out_dir=str(runs / f"{label}_{strategy}_{latency:g}"),
-                                  policy_params=row_params(strategy, latency, p99), motion=True,
-                                  log=lambda line: None)
-                row = summarize_row(report, label, path, strategy, latency, p99)
+                run_dir = runs / f"{label}_{strategy}_{latency:g}"
+                params, server, row_label = row_params(strategy, latency, p99), None, label
+                if args.via_server:
+                    server = Server(path, latency, p99, run_dir / "serve.log")
+                    params.pop("model.emulated_latency", None)
+                    params.pop("model.emulated_latency_p99", None)
+                    row_label = f"{label} via serve"
+                try:
+                    report = evaluate(path, families=tuple(args.families), episodes=args.episodes, seed=args.seed,
+                                      timeout=args.timeout, out_dir=str(run_dir), policy_params=params, motion=True,
+                                      log=lambda line: None, server=server.uri if server else "")
+                finally:
+                    if server is not None:
+                        server.stop()
+                row = summarize_row(report, row_label, path, strategy, latency, p99)
+                label_key = row_label
                 rows = [r for r in rows if (r["label"], r["strategy"], r["latency"], r["latency_p99"])
-                        != (label, strategy, latency, p99)] + [row]
+                        != (label_key, strategy, latency, p99)] + [row]
                 print(f"  success {row['success']}, ticks held {100 * row['ticks_held']:.1f} %, jerk "
                       f"{fmt(row['jerk_rms'])}, max jump {fmt(row['max_command_jump'])} ({row['wall_seconds']:.0f} s)",
                       flush=True)

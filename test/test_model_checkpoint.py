@@ -417,7 +417,7 @@ def test_sim_demo_checkpoint_is_small_and_exact(tmp_path):
         "images": torch.rand(2, 1, 3, 96, 96, generator=g),
         "instructions": ["pick up the red cube", "push the blue block to the left"],
         "state": torch.randn(2, 8, generator=g),
-        "actions": torch.randn(2, 8, 7, generator=g),
+        "actions": torch.randn(2, cfg.chunk_size, 7, generator=g),
     }
     policy.set_normalization_stats(batch_stats(batch))
     with torch.no_grad():

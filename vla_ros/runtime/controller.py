@@ -19,9 +19,12 @@ queued for the new chunk's ticks (`committed`) and how many of them will have ex
 chunk can arrive (`inference_delay`, from the measured latency, runtime/latency.py). The policy
 continues those actions (training-time RTC, model/prefix.py; RTC guidance for flow heads,
 model/rtc.py) and the new chunk takes over right after them: its frozen first actions are the
-committed ones, so the switch repeats nothing and skips nothing. This is Real-Time Chunking's
-execution (Black et al. 2025): a slow model never makes the arm wait as long as its chunk is
-longer than about twice its latency. Without `realtime`, a request leaves when
+committed ones, so the switch repeats nothing and skips nothing. After them the new chunk replaces
+the older ones (`ensemble="latest"`, for a policy that continues the committed actions) or is
+averaged with them (`"ensemble"`, ACT's weights, for one that does not: consecutive chunks of such a
+policy may disagree, e.g. about when to close the gripper). This is Real-Time Chunking's execution
+(Black et al. 2025): a slow model never makes the arm wait as long as its chunk is longer than about
+twice its latency. Without `realtime`, a request leaves when
 `refill_threshold` or fewer actions are left and overlapping chunks are blended (ACT's temporal
 ensembling) or the latest wins (chunk_queue.py).
 
@@ -104,7 +107,7 @@ class ControllerConfig:
     dry_run: bool = False
     needs_state: bool = True            # the model takes proprioception
     frame_sync_window: float = 0.05     # s: wait this long for every camera's next frame (see take_request)
-    realtime: bool = False              # Real-Time Chunking execution (module docstring); ensemble is ignored
+    realtime: bool = False              # Real-Time Chunking execution (module docstring)
 
 
 @dataclass(frozen=True)
@@ -142,9 +145,11 @@ class Controller:
         self.cfg = cfg
         self.cameras = list(cfg.cameras)
         self.period = float(cfg.period)
-        # Realtime: the newest chunk wins from its first tick on (its frozen prefix repeats the queue's
-        # actions), and a request may leave whenever none is in flight.
-        self.queue = ChunkQueue(cfg.chunk_size, cfg.dim, mode="latest" if cfg.realtime else cfg.ensemble,
+        # Realtime: a request may leave whenever none is in flight; after its frozen prefix (which repeats
+        # the queue's actions) the new chunk replaces the older ones ("latest") or is averaged with them
+        # ("ensemble": adding a chunk whose value equals the current weighted mean leaves the mean as it
+        # is, so the frozen ticks stay exactly as committed).
+        self.queue = ChunkQueue(cfg.chunk_size, cfg.dim, mode=cfg.ensemble,
                                 ensemble_decay=cfg.ensemble_decay,
                                 refill_threshold=cfg.chunk_size - 1 if cfg.realtime
                                 else min(cfg.refill_threshold, cfg.chunk_size - 1))

@@ -73,6 +73,11 @@ def distill_checkpoint(teacher: str | os.PathLike, student: str, data: Sequence[
     rng = np.random.default_rng(seed)
     batches = [ds.batch(rng.integers(0, len(ds), size=batch_size)) for _ in range(num_batches)]
     cfg = load_preset(student).replace(chunk_size=t.config.chunk_size, image_size=t.config.image_size)
+    if cfg.action_prefix:
+        # Distillation matches the teacher's chunks from observations alone; a prefix module would stay untrained.
+        raise TrainingError(f"student {student!r} has action_prefix {cfg.action_prefix}: distillation does not train "
+                            "action-prefix conditioning; use a student preset with action_prefix 0 (the node still "
+                            "keeps the committed actions itself)")
     seed_globals(seed)
     s = build_policy(cfg, t.interface)
     s.set_normalization_stats({k: v for k, v in t.normalization_stats.items() if v is not None})
