@@ -94,6 +94,25 @@ def test_prefix_conditioning_sees_the_same_layout_in_training_and_inference(head
         np.testing.assert_allclose(out[d:], expect[0, d:].numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("committed", [None, "empty", "delay 0"])
+def test_a_request_without_committed_actions_takes_the_path_of_training_samples_without_a_prefix(committed):
+    """No committed actions (the first request of an instruction, a policy server that sends none) is a
+    d = 0 sample: every step "not given", through the same conditioning block training ran."""
+    torch.manual_seed(0)
+    cfg = tiny_config(action_head="continuous", chunk_size=8, action_prefix=5)
+    batch = make_batch(cfg, batch_size=1)
+    policy = build_policy(cfg, ROBOT, stats=batch_stats(batch)).eval()
+    c = {None: None, "empty": np.zeros((0, 3), np.float32), "delay 0": batch["actions"][0, :4].numpy()}[committed]
+    obs = Observation(batch["images"], batch["instructions"][0], batch["state"][0].numpy(), committed=c,
+                      inference_delay=0)
+    with torch.inference_mode():
+        state_n, actions_n = policy.preprocessor(batch["state"], batch["actions"])
+        fused = policy.encode(batch["images"], batch["instructions"], state_n)
+        prefix, mask = prefix_inputs(actions_n, torch.tensor([0]))
+        expect = policy.postprocess(policy.head.predict(policy.condition_on_prefix(fused, prefix, mask)))[0]
+    np.testing.assert_allclose(policy.predict(obs).actions, expect.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_a_prefix_conditioned_policy_learns_to_continue_the_committed_actions():
     """Actions ramp with a slope the images and state do not show (a plan already under way): only the
     committed actions tell it. Trained with training-time RTC, the policy continues the committed ramp;

@@ -342,12 +342,15 @@ class VLAPolicy(nn.Module):
             fused = self.encode(images, [observation.instruction], state_n)
         committed, delay, given = self.committed_tensor(observation)
         guidance = {}
-        if committed is not None:
-            if self.prefix is not None:  # training-time RTC: the model continues the frozen actions
-                fused = self.condition_on_prefix(fused, *prefix_inputs(
-                    committed, torch.tensor([min(delay, self.config.action_prefix)])))
-            if rtc is not None and rtc.applies(self.head):  # inference-time RTC (flow head)
-                guidance = rtc.guidance(committed, delay, given)
+        if self.prefix is not None:
+            # Training-time RTC: the model continues the frozen actions. Without any, it takes the path of
+            # training's d = 0 samples (every step "not given"), never a path training did not see.
+            padded = committed if committed is not None else torch.zeros(
+                1, self.config.chunk_size, self.interface.action_dim, device=self.device)
+            fused = self.condition_on_prefix(fused, *prefix_inputs(
+                padded, torch.tensor([min(delay, self.config.action_prefix)])))
+        if committed is not None and rtc is not None and rtc.applies(self.head):  # inference-time RTC (flow)
+            guidance = rtc.guidance(committed, delay, given)
         sync()
         t2 = time.perf_counter()
         with autocast():
