@@ -8,6 +8,9 @@ to every inference in the node's policy server process, under one execution stra
                       committed actions; the policy continues them when it was trained to
   realtime_no_prefix  the same, control.send_committed false: the node keeps the committed actions
                       and switches after them, the policy never sees them
+  realtime_latest     realtime with control.realtime_merge latest: a new chunk replaces the older ones
+                      after its frozen actions (the RTC paper's execution)
+  realtime_ensemble   realtime with control.realtime_merge ensemble (the default): averaged with them
   ensemble            control.execution ensemble, refill_threshold 7: ACT temporal ensembling with a
                       request whenever 7 or fewer actions are left (the node's behaviour before
                       issue 25, with config/robots/sim_panda.yaml's old setting)
@@ -47,6 +50,8 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(120 + os.getpid() % 100))
 STRATEGIES = {
     "realtime": {"control.execution": "realtime", "control.send_committed": True},
     "realtime_no_prefix": {"control.execution": "realtime", "control.send_committed": False},
+    "realtime_latest": {"control.execution": "realtime", "control.realtime_merge": "latest"},
+    "realtime_ensemble": {"control.execution": "realtime", "control.realtime_merge": "ensemble"},
     "ensemble": {"control.execution": "ensemble", "control.refill_threshold": 7},
     "latest": {"control.execution": "latest", "control.refill_threshold": 7},
 }

@@ -114,7 +114,7 @@ class PolicyNode(LifecycleNode):
             camera_timeout=p.cameras.max_age, joint_timeout=p.joint_states.timeout,
             extra_inputs={"ee_pose": p.joint_states.timeout} if p.output.mode == "pose" else {},
             inference_timeout=p.control.inference_timeout, realtime=p.control.execution == "realtime",
-            ensemble=self._merge(meta) if p.control.execution == "realtime" else p.control.execution,
+            ensemble=p.control.realtime_merge if p.control.execution == "realtime" else p.control.execution,
             ensemble_decay=p.control.ensemble_decay, refill_threshold=p.control.refill_threshold,
             dry_run=p.dry_run, needs_state=bool(meta["state_names"])))
         self._configure_interfaces(meta)
@@ -134,13 +134,6 @@ class PolicyNode(LifecycleNode):
                 "server process to emulate a slower model (model.emulated_latency); a what-if tool, not for real use")
         return TransitionCallbackReturn.SUCCESS
 
-    def _merge(self, meta) -> str:
-        """realtime: how a new chunk joins the queue after its frozen actions (control.realtime_merge)."""
-        p = self.p
-        if p.control.realtime_merge != "auto":
-            return p.control.realtime_merge
-        return "latest" if p.control.send_committed and meta.get("takes_committed") else "ensemble"
-
     def _execution_summary(self, meta) -> str:
         p = self.p
         chunk_s = meta["chunk_size"] / p.control.rate
@@ -153,7 +146,7 @@ class PolicyNode(LifecycleNode):
         elif not how:
             how = "not taken by this policy (kept by the node)"
         return (f"execution realtime: back-to-back requests, committed actions {how}, new chunks "
-                f"{'replace' if self._merge(meta) == 'latest' else 'are averaged with'} the older ones after them; "
+                f"{'replace' if p.control.realtime_merge == 'latest' else 'are averaged with'} the older ones after them; "
                 f"a {chunk_s:g} s chunk keeps the arm moving for inference latencies up to about {chunk_s / 2:.2g} s")
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:

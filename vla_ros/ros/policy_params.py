@@ -158,12 +158,12 @@ SPEC: Spec = {
                           "latency). ensemble: ACT temporal ensembling of overlapping chunks, a request when "
                           "control.refill_threshold actions are left. latest: the newest chunk wins, same "
                           "requests.", {"choices": EXECUTION_MODES}),
-    "control.realtime_merge": (Parameter.Type.STRING, "auto",
-                               "realtime: after a new chunk's frozen actions, latest (it replaces the older "
-                               "chunks) or ensemble (averaged with them, ACT's weights: smooths chunks that "
-                               "disagree). auto: latest when the policy continues the committed actions it is "
-                               "given (policy server's takes_committed, with control.send_committed), else "
-                               "ensemble.", {"choices": ("auto", "latest", "ensemble")}),
+    "control.realtime_merge": (Parameter.Type.STRING, "ensemble",
+                               "realtime: after a new chunk's frozen actions, ensemble (averaged with the older "
+                               "chunks, ACT's weights: smooths chunks that disagree, e.g. about when to close the "
+                               "gripper) or latest (it replaces them, as the RTC paper executes). latest failed "
+                               "every sim pick (the gripper command flickers), with and without prefix "
+                               "conditioning.", {"choices": ("ensemble", "latest")}),
     "control.send_committed": (Parameter.Type.BOOL, True,
                                "realtime: give the policy the committed actions (a model trained with them as "
                                "input, or RTC guidance of a flow head, continues them; a policy that takes none "
