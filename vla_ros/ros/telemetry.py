@@ -102,6 +102,7 @@ class Telemetry:
         level = {PolicyStatus.STATE_ESTOP: DiagnosticStatus.ERROR, PolicyStatus.STATE_HOLDING: DiagnosticStatus.WARN}
         diag = DiagnosticArray()
         diag.header.stamp = msg.header.stamp
+        delay = c.expected_delay_ticks()
         diag.status.append(DiagnosticStatus(
             level=level.get(st, DiagnosticStatus.OK), name=f"{self.node.get_name()}: policy",
             message=msg.state_label + (f" ({reason})" if reason else ""), hardware_id="vla_ros",
@@ -111,8 +112,7 @@ class Telemetry:
                 ("dropped_frames", str(msg.dropped_frames)),
                 ("frames_received", str(c.frames_received)), ("dry_ticks", str(c.queue.dry_ticks)),
                 ("execution", self.p.control.execution),
-                ("inference_delay_ticks", str(c.expected_delay_ticks() if c.expected_delay_ticks() is not None
-                                              else "")),
+                ("inference_delay_ticks", "" if delay is None else str(delay)),
                 ("model_p50_ms", f"{np.percentile(list(self.model_ms) or [0.0], 50):.2f}"),
                 ("model_p99_ms", f"{np.percentile(list(self.model_ms) or [0.0], 99):.2f}"),
                 ("control_rate_hz", f"{self.p.control.rate:g}"),

@@ -19,10 +19,10 @@ queued for the new chunk's ticks (`committed`) and how many of them will have ex
 chunk can arrive (`inference_delay`, from the measured latency, runtime/latency.py). The policy
 continues those actions (training-time RTC, model/prefix.py; RTC guidance for flow heads,
 model/rtc.py) and the new chunk takes over right after them: its frozen first actions are the
-committed ones, so the switch repeats nothing and skips nothing. After them the new chunk replaces
-the older ones (`ensemble="latest"`, for a policy that continues the committed actions) or is
-averaged with them (`"ensemble"`, ACT's weights, for one that does not: consecutive chunks of such a
-policy may disagree, e.g. about when to close the gripper). This is Real-Time Chunking's execution
+committed ones, so the switch repeats nothing and skips nothing. After them the new chunk is
+averaged with the older ones (`ensemble="ensemble"`, ACT's weights, the node's default
+control.realtime_merge: consecutive chunks may disagree, e.g. about when to close the gripper) or
+replaces them (`"latest"`, the RTC paper's execution). This is Real-Time Chunking's execution
 (Black et al. 2025): a slow model never makes the arm wait as long as its chunk is longer than about
 twice its latency. Without `realtime`, a request leaves when
 `refill_threshold` or fewer actions are left and overlapping chunks are blended (ACT's temporal

@@ -36,6 +36,12 @@ LogFn = Callable[[str, str], None]                                 # level, text
 SLOTS = 2  # image buffer sets: one being read by the server, one being written for the next request
 
 
+def sends_committed(obs: Observation, load_cfg: dict, metadata: dict) -> bool:
+    """Committed actions go to a policy that continues them (metadata "takes_committed"), when asked to."""
+    return (obs.committed is not None and bool(load_cfg.get("send_committed"))
+            and bool(metadata.get("takes_committed")))
+
+
 class PolicyProcess:
     """A policy server process on this machine, started and supervised here."""
 
@@ -183,7 +189,7 @@ class PolicyProcess:
             msg = {"type": "infer", "id": obs.request_id, "slot": slot, "instruction": obs.instruction,
                    "state": None if obs.state is None else [float(x) for x in obs.state],
                    "images": images, "buffers": new}
-            if self._sends_committed(obs):
+            if sends_committed(obs, self.load_cfg, self.metadata):
                 msg["committed"] = np.asarray(obs.committed, np.float64).tolist()
                 msg["inference_delay"] = int(obs.inference_delay)
             self._pending[obs.request_id] = (obs, time.perf_counter())
@@ -196,11 +202,6 @@ class PolicyProcess:
             self.on_failure(obs, f"could not send to the policy server: {exc}")
             return False
         return True
-
-    def _sends_committed(self, obs: Observation) -> bool:
-        """Committed actions go to a policy that continues them (metadata "takes_committed"), when asked to."""
-        return (obs.committed is not None and bool(self.load_cfg.get("send_committed"))
-                and bool(self.metadata.get("takes_committed")))
 
     # ------------------------------------------------------------------ answers and supervision
     def _read(self, sock, proc) -> None:
@@ -328,8 +329,7 @@ class InProcessPolicy:
                 obs, self._next, self._busy = self._next, None, True
             t0 = time.perf_counter()
             try:
-                send = obs.committed is not None and self.load_cfg.get("send_committed") and \
-                    self.metadata.get("takes_committed")
+                send = sends_committed(obs, self.load_cfg, self.metadata)
                 chunk = self._engine.infer(obs.images, obs.instruction, obs.state,
                                            committed=obs.committed if send else None,
                                            inference_delay=obs.inference_delay if send else 0)
